@@ -1,0 +1,4 @@
+//! webrtc-egress: a Kubernetes operator and data plane that serves live FFmpeg inputs over WHEP.
+
+pub mod crd;
+pub mod ffmpeg;
