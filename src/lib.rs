@@ -2,3 +2,8 @@
 
 pub mod crd;
 pub mod ffmpeg;
+pub mod media;
+pub mod subsystem;
+pub mod telemetry;
+pub mod whep;
+mod whep_pages;

@@ -1,1 +1,66 @@
-fn main() {}
+//! `webrtc-egress`: one binary, one subcommand per role.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod serve;
+
+#[derive(Parser)]
+#[command(
+    name = "webrtc-egress",
+    version,
+    about = "Live video to sub-second WebRTC (WHEP) playback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the egress subsystem standalone from a WebRTCEgress manifest; edits apply live.
+    Serve(serve::ServeArgs),
+    /// Print the WebRTCEgress CustomResourceDefinition (YAML).
+    Crd,
+    /// Check a manifest the way `serve` and the API server would, without running it.
+    Validate {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    webrtc_egress::telemetry::init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", webrtc_egress::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Validate { file } => webrtc_egress::crd::load_manifest(&file)
+            .map(|m| {
+                println!(
+                    "{}: valid ({} processes)",
+                    file.display(),
+                    m.spec.processes.len()
+                )
+            })
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,43 @@
+//! The pod's media plane: Sources fed by FFmpeg RTP, and one UDP socket serving every WebRTC peer.
+//!
+//! Built on the sans-IO core `rtc` (DESIGN 3a): the async `webrtc` layer binds one socket per
+//! peer and ignores NAT 1:1 addresses, which a Kubernetes pod exposing one UDP port cannot use.
+
+mod engine;
+mod factory;
+pub mod h264;
+mod peer;
+mod source;
+
+pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo, SubscribeError};
+pub use factory::{PeerFactoryConfig, translate};
+pub use source::Source;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Identifies one incarnation of a process's stream. Re-adding a process id gets a new key, so
+/// peers and caches of the old incarnation can never be fed by the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey(pub u64);
+
+impl StreamKey {
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        StreamKey(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    Video,
+    Audio,
+}
+
+/// One RTP packet from a Source, shared by reference among every subscriber's sender.
+#[derive(Debug)]
+pub struct MediaPacket {
+    pub kind: TrackKind,
+    /// First packet of a decodable keyframe (SPS or IDR start): where a new viewer can begin.
+    pub keyframe_start: bool,
+    pub packet: rtc::rtp::Packet,
+}

@@ -1,0 +1,242 @@
+//! Builds one answering peer connection for a WHEP offer.
+
+use std::time::Instant;
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+
+use super::TrackKind;
+use super::engine::SubscribeError;
+use super::factory::PeerFactoryConfig;
+
+/// Constrained baseline: what Chromium decodes over WebRTC, and what FFmpeg is told to produce.
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+
+/// Our sending leg of one track: the SSRC and the payload type this subscriber negotiated.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackOut {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    pub payload_type: u8,
+}
+
+pub struct Answered {
+    pub pc: RTCPeerConnection,
+    pub local_ufrag: String,
+    pub answer_sdp: String,
+    pub video: Option<TrackOut>,
+    pub audio: Option<TrackOut>,
+}
+
+fn codec(kind: TrackKind) -> RTCRtpCodec {
+    match kind {
+        TrackKind::Video => RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: H264_FMTP.to_owned(),
+            rtcp_feedback: vec![],
+        },
+        TrackKind::Audio => RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: OPUS_FMTP.to_owned(),
+            rtcp_feedback: vec![],
+        },
+    }
+}
+
+fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
+    let mut engine = MediaEngine::default();
+    for (kind, rtp_kind, pt) in [
+        (TrackKind::Video, RtpCodecKind::Video, 102),
+        (TrackKind::Audio, RtpCodecKind::Audio, 111),
+    ] {
+        engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: codec(kind),
+                    payload_type: pt,
+                },
+                rtp_kind,
+            )
+            .map_err(internal)?;
+    }
+    // NACKs are answered from the sender's history; reports keep browsers' stats and A/V sync.
+    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
+    Ok((engine, registry))
+}
+
+fn random_token(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn internal(e: impl std::fmt::Display) -> SubscribeError {
+    SubscribeError::Internal(e.to_string())
+}
+
+fn bad_offer(e: impl std::fmt::Display) -> SubscribeError {
+    SubscribeError::BadOffer(e.to_string())
+}
+
+/// Which media kinds the offer asks to receive.
+fn offered_kinds(offer: &RTCSessionDescription) -> Result<(bool, bool), SubscribeError> {
+    let parsed = offer.unmarshal().map_err(bad_offer)?;
+    let has = |kind: &str| {
+        parsed
+            .media_descriptions
+            .iter()
+            .any(|m| m.media_name.media == kind)
+    };
+    Ok((has("video"), has("audio")))
+}
+
+/// Answers `offer_sdp` with sendonly tracks for the stream's media and our host candidates.
+pub fn answer(
+    offer_sdp: &str,
+    config: &PeerFactoryConfig,
+    stream_has_audio: bool,
+) -> Result<Answered, SubscribeError> {
+    if !offer_sdp.trim_start().starts_with("v=") {
+        return Err(SubscribeError::BadOffer(
+            "body is not an SDP offer (must start with v=)".into(),
+        ));
+    }
+    let offer = RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(bad_offer)?;
+    let (wants_video, wants_audio) = offered_kinds(&offer)?;
+    if !wants_video {
+        return Err(SubscribeError::BadOffer(
+            "offer has no video media section".into(),
+        ));
+    }
+
+    let local_ufrag = random_token(16);
+    let (media_engine, registry) = media_engine()?;
+    let settings = SettingEngineBuilder::new()
+        .with_ice_credentials(local_ufrag.clone(), random_token(32))
+        .build();
+    let now = Instant::now();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(internal)?;
+    pc.set_remote_description(now, offer).map_err(bad_offer)?;
+
+    let stream_id = random_token(12);
+    let mut add = |kind: TrackKind| -> Result<TrackOut, SubscribeError> {
+        let ssrc = rand::random::<u32>();
+        let track = MediaStreamTrack::new(
+            stream_id.clone(),
+            random_token(12),
+            format!("{kind:?}").to_lowercase(),
+            match kind {
+                TrackKind::Video => RtpCodecKind::Video,
+                TrackKind::Audio => RtpCodecKind::Audio,
+            },
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec(kind),
+                ..Default::default()
+            }],
+        );
+        let sender = pc.add_track(track).map_err(bad_offer)?;
+        Ok(TrackOut {
+            sender,
+            ssrc,
+            payload_type: 0,
+        })
+    };
+    let video = add(TrackKind::Video)?;
+    let audio = if wants_audio && stream_has_audio {
+        Some(add(TrackKind::Audio)?)
+    } else {
+        None
+    };
+
+    for addr in config.candidate_addrs() {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(internal)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(internal)?;
+        pc.add_local_candidate(init).map_err(internal)?;
+    }
+
+    let answer = pc.create_answer(None).map_err(bad_offer)?;
+    pc.set_local_description(now, answer.clone())
+        .map_err(bad_offer)?;
+    let video = Some(negotiated(&mut pc, video, MIME_TYPE_H264).ok_or_else(|| {
+        SubscribeError::BadOffer(
+            "offer has no H.264 codec with packetization-mode=1 and a baseline profile".into(),
+        )
+    })?);
+    let audio = audio.and_then(|a| negotiated(&mut pc, a, MIME_TYPE_OPUS));
+    Ok(Answered {
+        pc,
+        local_ufrag,
+        answer_sdp: answer.sdp,
+        video,
+        audio,
+    })
+}
+
+/// Fills in the payload type the remote chose for `mime`, or None when it was not negotiated.
+fn negotiated(pc: &mut RTCPeerConnection, mut out: TrackOut, mime: &str) -> Option<TrackOut> {
+    let mut sender = pc.rtp_sender(out.sender)?;
+    let pt = sender
+        .get_parameters()
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)?;
+    out.payload_type = pt;
+    Some(out)
+}
+
+/// An unguessable identifier for sessions and ETags.
+pub fn random_id() -> String {
+    random_token(24)
+}

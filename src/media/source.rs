@@ -1,0 +1,213 @@
+//! A Source: the fan-out point of one track, fed by FFmpeg's RTP on a local UDP port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::rtp;
+use rtc::shared::marshal::Unmarshal;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::h264::KeyframeDetector;
+use super::{MediaPacket, TrackKind};
+
+pub type PacketSink = Arc<dyn Fn(Arc<MediaPacket>) + Send + Sync>;
+/// Called for every packet: proof that the producer is alive.
+pub type OnMedia = Arc<dyn Fn() + Send + Sync>;
+
+pub struct Source {
+    kind: TrackKind,
+    addr: SocketAddr,
+    shared: Arc<SourceShared>,
+    task: JoinHandle<()>,
+}
+
+struct SourceShared {
+    started: Instant,
+    /// Milliseconds since `started` of the last packet, 0 before the first.
+    last_packet_ms: AtomicU64,
+    packets: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Source {
+    /// Binds the track's loopback port; FFmpeg's RTP leg for this track is aimed at `addr()`.
+    pub async fn bind(
+        kind: TrackKind,
+        sink: PacketSink,
+        on_media: OnMedia,
+    ) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = socket.local_addr()?;
+        let shared = Arc::new(SourceShared {
+            started: Instant::now(),
+            last_packet_ms: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let task = tokio::spawn(receive(socket, kind, shared.clone(), sink, on_media));
+        Ok(Source {
+            kind,
+            addr,
+            shared,
+            task,
+        })
+    }
+
+    pub fn kind(&self) -> TrackKind {
+        self.kind
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.shared.packets.load(Ordering::Relaxed)
+    }
+
+    /// True when media arrived within `window`.
+    pub fn is_live(&self, window: Duration) -> bool {
+        let last = self.shared.last_packet_ms.load(Ordering::Relaxed);
+        last != 0
+            && (self.shared.started.elapsed().as_millis() as u64) < last + window.as_millis() as u64
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops receiving and releases the port; no packet is delivered after this returns.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.task.abort();
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    socket: UdpSocket,
+    kind: TrackKind,
+    shared: Arc<SourceShared>,
+    sink: PacketSink,
+    on_media: OnMedia,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut normalizer = Normalizer::new(clock_rate(kind));
+    let mut keyframes = KeyframeDetector::default();
+    loop {
+        let Ok((n, _)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut packet) = rtp::Packet::unmarshal(&mut BytesMut::from(&buf[..n])) else {
+            continue;
+        };
+        let ms = (shared.started.elapsed().as_millis() as u64).max(1);
+        shared.last_packet_ms.store(ms, Ordering::Relaxed);
+        shared.packets.fetch_add(1, Ordering::Relaxed);
+        normalizer.apply(&mut packet.header, Instant::now());
+        on_media();
+        // Subscribers negotiate no extensions with FFmpeg's ids; rtc drops packets carrying them.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
+        let keyframe_start = kind == TrackKind::Video
+            && keyframes.is_keyframe_start(packet.header.timestamp, &packet.payload);
+        sink(Arc::new(MediaPacket {
+            kind,
+            keyframe_start,
+            packet,
+        }));
+    }
+}
+
+fn clock_rate(kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Video => 90_000,
+        TrackKind::Audio => 48_000,
+    }
+}
+
+/// Keeps one continuous sequence-number and timestamp space across FFmpeg restarts, so
+/// subscribers' jitter buffers see a pause rather than a new, unrelated stream.
+struct Normalizer {
+    clock_rate: u32,
+    input_ssrc: Option<u32>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_out: Option<(u16, u32, Instant)>,
+}
+
+impl Normalizer {
+    fn new(clock_rate: u32) -> Self {
+        Normalizer {
+            clock_rate,
+            input_ssrc: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_out: None,
+        }
+    }
+
+    /// Rewrites the header in place; returns true when a new input stream began.
+    fn apply(&mut self, header: &mut rtp::header::Header, now: Instant) -> bool {
+        let restarted = self.input_ssrc != Some(header.ssrc);
+        if restarted {
+            self.input_ssrc = Some(header.ssrc);
+            if let Some((seq, ts, at)) = self.last_out {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                let gap = ((elapsed * self.clock_rate as f64) as u32).max(1);
+                self.seq_offset = seq.wrapping_add(1).wrapping_sub(header.sequence_number);
+                self.ts_offset = ts.wrapping_add(gap).wrapping_sub(header.timestamp);
+            }
+        }
+        header.sequence_number = header.sequence_number.wrapping_add(self.seq_offset);
+        header.timestamp = header.timestamp.wrapping_add(self.ts_offset);
+        self.last_out = Some((header.sequence_number, header.timestamp, now));
+        restarted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(ssrc: u32, seq: u16, ts: u32) -> rtp::header::Header {
+        rtp::header::Header {
+            ssrc,
+            sequence_number: seq,
+            timestamp: ts,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn normalizer_continues_sequence_across_restart() {
+        let mut n = Normalizer::new(90_000);
+        let t0 = Instant::now();
+        let mut h = header(1, 65535, 1000);
+        assert!(n.apply(&mut h, t0));
+        let mut h = header(1, 0, 4000);
+        assert!(!n.apply(&mut h, t0));
+        assert_eq!(h.sequence_number, 0);
+        // FFmpeg restarted: new SSRC, random sequence and timestamp.
+        let mut h = header(2, 5000, 77);
+        assert!(n.apply(&mut h, t0 + Duration::from_secs(1)));
+        assert_eq!(h.sequence_number, 1);
+        assert_eq!(h.timestamp, 4000 + 90_000);
+        let mut h = header(2, 5001, 3077);
+        n.apply(&mut h, t0 + Duration::from_secs(1));
+        assert_eq!((h.sequence_number, h.timestamp), (2, 4000 + 93_000));
+    }
+}

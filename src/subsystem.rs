@@ -1,0 +1,316 @@
+//! The egress subsystem (DESIGN section 2): one entry per process, owning its Sources and its
+//! FFmpeg, all under one lock, with the teardown hook fired before Sources close.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::crd::{ProcessSpec, VideoMode, WebRTCEgressSpec};
+use crate::ffmpeg::{self, ProcessState, ProcessStatus, Supervisor, SupervisorConfig};
+use crate::media::{Engine, MediaPacket, Source, StreamKey, TrackKind};
+
+/// Media older than this means the process is not live (WHEP answers 409).
+pub const LIVE_WINDOW: Duration = Duration::from_secs(3);
+const DEFAULT_VIDEO_KBPS: u32 = 2000;
+const DEFAULT_AUDIO_KBPS: u32 = 96;
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Receives `(process id, stream key)` of a stream about to lose its Sources.
+pub type TeardownHook = Arc<dyn Fn(String, StreamKey) -> BoxFuture + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubsystemError {
+    #[error("process {id}: cannot open RTP port: {source}")]
+    Port { id: String, source: std::io::Error },
+    #[error("the subsystem is closed")]
+    Closed,
+}
+
+/// What the subsystem needs besides the resource.
+#[derive(Clone, Debug)]
+pub struct SubsystemConfig {
+    pub ffmpeg: String,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for SubsystemConfig {
+    fn default() -> Self {
+        SubsystemConfig {
+            ffmpeg: "ffmpeg".into(),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One running process: its Sources (one per track) and its supervised FFmpeg.
+struct Stream {
+    key: StreamKey,
+    spec: ProcessSpec,
+    video: Arc<Source>,
+    audio: Option<Arc<Source>>,
+    supervisor: Arc<Supervisor>,
+}
+
+/// What the WHEP handler gets from `lookup`: the stream's Sources and state.
+#[derive(Clone)]
+pub struct StreamHandle {
+    pub id: String,
+    pub key: StreamKey,
+    pub video: Arc<Source>,
+    pub audio: Option<Arc<Source>>,
+    pub status: watch::Receiver<ProcessStatus>,
+}
+
+impl StreamHandle {
+    pub fn is_live(&self) -> bool {
+        self.video.is_live(LIVE_WINDOW)
+    }
+}
+
+/// A process as `GET /api/v1/streams` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamInfo {
+    pub id: String,
+    pub whep_path: String,
+    pub state: ProcessState,
+    pub live: bool,
+    pub last_error: Option<String>,
+    pub restarts: u32,
+    pub subscribers: usize,
+    pub video_packets: u64,
+    pub audio_packets: Option<u64>,
+}
+
+pub struct Subsystem {
+    engine: Arc<Engine>,
+    config: SubsystemConfig,
+    streams: Mutex<HashMap<String, Stream>>,
+    teardown: Mutex<Option<TeardownHook>>,
+    closed: AtomicBool,
+}
+
+impl Subsystem {
+    pub fn new(engine: Arc<Engine>, config: SubsystemConfig) -> Arc<Subsystem> {
+        Arc::new(Subsystem {
+            engine,
+            config,
+            streams: Mutex::default(),
+            teardown: Mutex::default(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Installs the one teardown consumer; installing again replaces it.
+    pub fn set_teardown_hook(&self, hook: TeardownHook) {
+        *self.teardown.lock().unwrap() = Some(hook);
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<StreamHandle> {
+        let streams = self.streams.lock().unwrap();
+        streams.get(id).map(|s| StreamHandle {
+            id: id.to_owned(),
+            key: s.key,
+            video: s.video.clone(),
+            audio: s.audio.clone(),
+            status: s.supervisor.status(),
+        })
+    }
+
+    pub fn process_ids(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self.streams.lock().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn list(&self) -> Vec<StreamInfo> {
+        let streams = self.streams.lock().unwrap();
+        let mut out: Vec<StreamInfo> = streams
+            .iter()
+            .map(|(id, s)| {
+                let status = s.supervisor.status().borrow().clone();
+                StreamInfo {
+                    id: id.clone(),
+                    whep_path: s.spec.whep_path(),
+                    state: status.state,
+                    live: s.video.is_live(LIVE_WINDOW),
+                    last_error: status.last_error,
+                    restarts: status.restarts,
+                    subscribers: self.engine.subscribers_of(s.key),
+                    video_packets: s.video.packets(),
+                    audio_packets: s.audio.as_ref().map(|a| a.packets()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Brings the running processes in line with `spec`: removed or changed processes are
+    /// stopped (teardown first), new ones started. Processes left unchanged are not touched.
+    pub async fn apply(&self, spec: &WebRTCEgressSpec) -> Result<(), SubsystemError> {
+        let stale: Vec<String> = {
+            let streams = self.streams.lock().unwrap();
+            streams
+                .iter()
+                .filter(|(id, s)| !spec.processes.iter().any(|p| &p.id == *id && *p == s.spec))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in stale {
+            self.stop_process(&id).await;
+        }
+        for process in &spec.processes {
+            let running = self.streams.lock().unwrap().contains_key(&process.id);
+            if !running {
+                self.start_process(process.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates the process's RTP ports, one Source per track, and starts FFmpeg aimed at them.
+    pub async fn start_process(&self, spec: ProcessSpec) -> Result<(), SubsystemError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SubsystemError::Closed);
+        }
+        let key = StreamKey::next();
+        let supervisor_slot: Arc<OnceLock<Arc<Supervisor>>> = Arc::default();
+        let bind = |kind| {
+            let engine = self.engine.clone();
+            let slot = supervisor_slot.clone();
+            Source::bind(
+                kind,
+                Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet)),
+                Arc::new(move || {
+                    if let Some(supervisor) = slot.get() {
+                        supervisor.mark_running();
+                    }
+                }),
+            )
+        };
+        let port_error = |source| SubsystemError::Port {
+            id: spec.id.clone(),
+            source,
+        };
+        let video = Arc::new(bind(TrackKind::Video).await.map_err(port_error)?);
+        let audio = match spec.audio {
+            Some(_) => Some(Arc::new(bind(TrackKind::Audio).await.map_err(port_error)?)),
+            None => None,
+        };
+        let args = ffmpeg::build_args(
+            &ffmpeg_media(&spec),
+            &ffmpeg::RtpTargets {
+                video: video.addr(),
+                audio: audio.as_ref().map(|a| a.addr()),
+            },
+        );
+        let mut supervisor_config = SupervisorConfig::new(&self.config.ffmpeg, args, &spec.id);
+        supervisor_config.backoff_initial = self.config.backoff_initial;
+        supervisor_config.backoff_max = self.config.backoff_max;
+        let supervisor = Arc::new(Supervisor::spawn(supervisor_config));
+        let _ = supervisor_slot.set(supervisor.clone());
+        info!(process = %spec.id, video = %video.addr(), "process started");
+        let replaced = self.streams.lock().unwrap().insert(
+            spec.id.clone(),
+            Stream {
+                key,
+                spec,
+                video,
+                audio,
+                supervisor,
+            },
+        );
+        if let Some(old) = replaced {
+            // Only reachable if two applies race on one id; the old one must still be torn down.
+            warn!(process = %old.spec.id, "replaced a running process");
+            self.teardown_and_close(old).await;
+        }
+        Ok(())
+    }
+
+    /// Stops one process: the teardown hook runs while the stream is still registered and its
+    /// Sources open, so the WHEP side can close its peers before anything feeding them goes away.
+    pub async fn stop_process(&self, id: &str) -> bool {
+        let hook = self.teardown.lock().unwrap().clone();
+        let key = match self.streams.lock().unwrap().get(id) {
+            Some(stream) => stream.key,
+            None => return false,
+        };
+        if let Some(hook) = hook {
+            hook(id.to_owned(), key).await;
+        }
+        let removed = {
+            let mut streams = self.streams.lock().unwrap();
+            match streams.get(id) {
+                Some(s) if s.key == key => streams.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(stream) = removed {
+            close_stream(stream).await;
+            info!(process = %id, "process stopped");
+        }
+        true
+    }
+
+    async fn teardown_and_close(&self, stream: Stream) {
+        let hook = self.teardown.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            hook(stream.spec.id.clone(), stream.key).await;
+        }
+        close_stream(stream).await;
+    }
+
+    /// Tears down every stream; afterwards lookups find nothing and starts are refused.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for id in self.process_ids() {
+            self.stop_process(&id).await;
+        }
+    }
+}
+
+async fn close_stream(stream: Stream) {
+    stream.supervisor.stop().await;
+    stream.video.close().await;
+    if let Some(audio) = &stream.audio {
+        audio.close().await;
+    }
+}
+
+/// Maps a process to FFmpeg's view of it.
+fn ffmpeg_media(spec: &ProcessSpec) -> ffmpeg::ProcessMedia {
+    ffmpeg::ProcessMedia {
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|i| ffmpeg::Input {
+                address: i.address.clone(),
+                options: i.options.clone(),
+            })
+            .collect(),
+        video: match spec.video.mode {
+            VideoMode::Transcode => ffmpeg::VideoMode::Transcode {
+                bitrate_kbps: spec.video.bitrate_kbps.unwrap_or(DEFAULT_VIDEO_KBPS),
+            },
+            VideoMode::Passthrough => ffmpeg::VideoMode::Passthrough,
+        },
+        audio: spec.audio.as_ref().map(|a| ffmpeg::AudioOpts {
+            bitrate_kbps: a.bitrate_kbps.unwrap_or(DEFAULT_AUDIO_KBPS),
+        }),
+    }
+}
