@@ -314,3 +314,157 @@ fn ffmpeg_media(spec: &ProcessSpec) -> ffmpeg::ProcessMedia {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::InputSpec;
+    use crate::media::{EngineConfig, PeerFactoryConfig};
+    use crate::telemetry::Metrics;
+    use std::sync::Mutex as StdMutex;
+
+    async fn subsystem() -> Arc<Subsystem> {
+        let engine = Engine::start(
+            EngineConfig {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                factory: PeerFactoryConfig {
+                    advertised_ips: vec!["127.0.0.1".parse().unwrap()],
+                    udp_port: 1,
+                    ice_servers: vec![],
+                },
+                shards: 1,
+                max_sessions: 10,
+            },
+            Metrics::default(),
+        )
+        .await
+        .unwrap();
+        // `true` exits at once: supervision restarts it, which is all these tests need.
+        Subsystem::new(
+            engine,
+            SubsystemConfig {
+                ffmpeg: "true".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn process(id: &str, audio: bool) -> ProcessSpec {
+        ProcessSpec {
+            id: id.into(),
+            inputs: vec![InputSpec {
+                address: "testsrc2".into(),
+                options: vec![],
+            }],
+            audio: audio.then(Default::default),
+            ..Default::default()
+        }
+    }
+
+    /// Records what the hook could see at the moment it fired.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    struct Seen {
+        process: String,
+        still_listed: bool,
+        sources_open: bool,
+    }
+
+    fn record_teardowns(subsystem: &Arc<Subsystem>) -> Arc<StdMutex<Vec<Seen>>> {
+        let seen: Arc<StdMutex<Vec<Seen>>> = Arc::default();
+        let weak = Arc::downgrade(subsystem);
+        let log = seen.clone();
+        subsystem.set_teardown_hook(Arc::new(move |process: String, key: StreamKey| {
+            let stream = weak.upgrade().and_then(|s| s.lookup(&process));
+            let entry = Seen {
+                process,
+                still_listed: stream.as_ref().is_some_and(|s| s.key == key),
+                sources_open: stream.as_ref().is_some_and(|s| {
+                    !s.video.is_closed() && s.audio.as_ref().is_none_or(|a| !a.is_closed())
+                }),
+            };
+            log.lock().unwrap().push(entry);
+            Box::pin(async {})
+        }));
+        seen
+    }
+
+    #[tokio::test]
+    async fn teardown_fires_before_sources_close() {
+        let subsystem = subsystem().await;
+        let seen = record_teardowns(&subsystem);
+        subsystem.start_process(process("cam1", true)).await.unwrap();
+        let handle = subsystem.lookup("cam1").unwrap();
+        assert!(!handle.video.is_closed());
+
+        assert!(subsystem.stop_process("cam1").await);
+
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Seen {
+                process: "cam1".into(),
+                still_listed: true,
+                sources_open: true
+            }]
+        );
+        assert!(handle.video.is_closed());
+        assert!(handle.audio.as_ref().unwrap().is_closed());
+        assert!(subsystem.lookup("cam1").is_none());
+        assert!(!subsystem.stop_process("cam1").await, "second stop finds nothing");
+    }
+
+    #[tokio::test]
+    async fn apply_adds_removes_and_replaces_changed_processes() {
+        let subsystem = subsystem().await;
+        let seen = record_teardowns(&subsystem);
+        let mut spec = WebRTCEgressSpec {
+            processes: vec![process("a", false), process("b", true)],
+            ..Default::default()
+        };
+        subsystem.apply(&spec).await.unwrap();
+        assert_eq!(subsystem.process_ids(), vec!["a", "b"]);
+        let a_key = subsystem.lookup("a").unwrap().key;
+
+        spec.processes.retain(|p| p.id == "a");
+        spec.processes.push(process("c", false));
+        subsystem.apply(&spec).await.unwrap();
+        assert_eq!(subsystem.process_ids(), vec!["a", "c"]);
+        assert_eq!(subsystem.lookup("a").unwrap().key, a_key, "unchanged process untouched");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        spec.processes[0].inputs[0].address = "smptebars".into();
+        subsystem.apply(&spec).await.unwrap();
+        assert_ne!(subsystem.lookup("a").unwrap().key, a_key, "changed process restarted");
+        let names: Vec<_> = seen.lock().unwrap().iter().map(|s| s.process.clone()).collect();
+        assert_eq!(names, vec!["b", "a"]);
+        assert!(seen.lock().unwrap().iter().all(|s| s.still_listed && s.sources_open));
+    }
+
+    #[tokio::test]
+    async fn close_tears_down_everything_and_refuses_new_processes() {
+        let subsystem = subsystem().await;
+        let seen = record_teardowns(&subsystem);
+        let spec = WebRTCEgressSpec {
+            processes: vec![process("a", false), process("b", false)],
+            ..Default::default()
+        };
+        subsystem.apply(&spec).await.unwrap();
+        subsystem.close().await;
+        assert!(subsystem.lookup("a").is_none() && subsystem.lookup("b").is_none());
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(matches!(
+            subsystem.start_process(process("c", false)).await,
+            Err(SubsystemError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn installing_a_hook_again_replaces_it() {
+        let subsystem = subsystem().await;
+        let first = record_teardowns(&subsystem);
+        let second = record_teardowns(&subsystem);
+        subsystem.start_process(process("a", false)).await.unwrap();
+        subsystem.stop_process("a").await;
+        assert!(first.lock().unwrap().is_empty());
+        assert_eq!(second.lock().unwrap().len(), 1);
+    }
+}
