@@ -53,7 +53,8 @@ pub const VIDEO_PT: u8 = 102;
 /// Payload type offered for Opus; fixed for the same reason.
 pub const AUDIO_PT: u8 = 111;
 /// Constrained baseline, the profile browsers decode over WebRTC (DESIGN.md §3).
-pub const H264_FMTP: &str = "packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1";
+pub const H264_FMTP: &str =
+    "packetization-mode=1;profile-level-id=42e01f;level-asymmetry-allowed=1";
 /// Opus parameters as a browser offers them.
 pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
@@ -697,7 +698,11 @@ impl Driver {
             self.on_event(event);
         }
         while let Some(msg) = self.pc.poll_write() {
-            if let Err(err) = self.socket.send_to(&msg.message, msg.transport.peer_addr).await {
+            if let Err(err) = self
+                .socket
+                .send_to(&msg.message, msg.transport.peer_addr)
+                .await
+            {
                 debug!(%err, peer = %msg.transport.peer_addr, "send failed");
             }
         }
@@ -1005,7 +1010,7 @@ impl SeqTracker {
 
     fn record(&mut self, seq: u16) {
         let delta = seq.wrapping_sub(self.highest as u16);
-        if delta == 0 || delta >= u16::MAX - MAX_MISORDER + 1 {
+        if delta == 0 || delta > u16::MAX - MAX_MISORDER {
             self.received += 1;
         } else if delta < MAX_DROPOUT {
             self.highest += u64::from(delta);

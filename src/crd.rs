@@ -40,6 +40,8 @@ const VIDEO_BITRATE_KBPS: (u32, u32) = (100, 50_000);
 const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
 
 /// Desired state of a set of egress pods, each of which serves every process over WHEP.
+// Clippy reads two printer columns of the same type as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq)]
 #[kube(
     group = "webrtc.dragonfork.io",

@@ -1,5 +1,7 @@
 //! webrtc-egress: a Kubernetes operator and data plane that serves live FFmpeg inputs over WHEP.
 
+pub mod bench;
+pub mod client;
 pub mod crd;
 pub mod ffmpeg;
 pub mod media;

@@ -24,6 +24,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print the WebRTCEgress CustomResourceDefinition (YAML).
     Crd,
+    /// WHEP load generator: subscribe N viewers to any WHEP URL and print figures.
+    Bench(webrtc_egress::bench::BenchArgs),
     /// Check a manifest the way `serve` and the API server would, without running it.
     Validate {
         #[arg(short = 'f', long = "file")]
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
                 )
             })
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(webrtc_egress::bench::run(args))),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(args))),
     };
     match result {

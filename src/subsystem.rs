@@ -86,6 +86,8 @@ pub struct StreamInfo {
     pub live: bool,
     pub last_error: Option<String>,
     pub restarts: u32,
+    /// FFmpeg's pid while it runs.
+    pub pid: Option<u32>,
     pub subscribers: usize,
     pub video_packets: u64,
     pub audio_packets: Option<u64>,
@@ -149,6 +151,7 @@ impl Subsystem {
                     live: s.video.is_live(LIVE_WINDOW),
                     last_error: status.last_error,
                     restarts: status.restarts,
+                    pid: status.pid,
                     subscribers: self.engine.subscribers_of(s.key),
                     video_packets: s.video.packets(),
                     audio_packets: s.audio.as_ref().map(|a| a.packets()),
@@ -392,7 +395,10 @@ mod tests {
     async fn teardown_fires_before_sources_close() {
         let subsystem = subsystem().await;
         let seen = record_teardowns(&subsystem);
-        subsystem.start_process(process("cam1", true)).await.unwrap();
+        subsystem
+            .start_process(process("cam1", true))
+            .await
+            .unwrap();
         let handle = subsystem.lookup("cam1").unwrap();
         assert!(!handle.video.is_closed());
 
@@ -409,7 +415,10 @@ mod tests {
         assert!(handle.video.is_closed());
         assert!(handle.audio.as_ref().unwrap().is_closed());
         assert!(subsystem.lookup("cam1").is_none());
-        assert!(!subsystem.stop_process("cam1").await, "second stop finds nothing");
+        assert!(
+            !subsystem.stop_process("cam1").await,
+            "second stop finds nothing"
+        );
     }
 
     #[tokio::test]
@@ -428,15 +437,33 @@ mod tests {
         spec.processes.push(process("c", false));
         subsystem.apply(&spec).await.unwrap();
         assert_eq!(subsystem.process_ids(), vec!["a", "c"]);
-        assert_eq!(subsystem.lookup("a").unwrap().key, a_key, "unchanged process untouched");
+        assert_eq!(
+            subsystem.lookup("a").unwrap().key,
+            a_key,
+            "unchanged process untouched"
+        );
         assert_eq!(seen.lock().unwrap().len(), 1);
 
         spec.processes[0].inputs[0].address = "smptebars".into();
         subsystem.apply(&spec).await.unwrap();
-        assert_ne!(subsystem.lookup("a").unwrap().key, a_key, "changed process restarted");
-        let names: Vec<_> = seen.lock().unwrap().iter().map(|s| s.process.clone()).collect();
+        assert_ne!(
+            subsystem.lookup("a").unwrap().key,
+            a_key,
+            "changed process restarted"
+        );
+        let names: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.process.clone())
+            .collect();
         assert_eq!(names, vec!["b", "a"]);
-        assert!(seen.lock().unwrap().iter().all(|s| s.still_listed && s.sources_open));
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.still_listed && s.sources_open)
+        );
     }
 
     #[tokio::test]
