@@ -758,6 +758,9 @@ impl Driver {
 
     fn count_rtp(&mut self, header: &RtpHeader, len: usize, now: Instant) {
         self.loss.record(header.ssrc, header.seq);
+        if std::env::var("SEQ_DEBUG").is_ok() {
+            eprintln!("SEQ {} {} {} {}", header.ssrc, header.pt, header.seq, len);
+        }
         let lost = self.loss.total();
         let kind = self.kinds.get(header.pt);
         let mut stats = self.shared.stats();
@@ -1313,5 +1316,50 @@ mod tests {
             }
             other => panic!("unexpected error {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    //! Against a running server: `WHEP_URL=http://127.0.0.1:8080/whep/demo cargo test --lib
+    //! client::live_tests -- --ignored --nocapture`.
+    use super::*;
+
+    fn url() -> String {
+        std::env::var("WHEP_URL").unwrap_or_else(|_| "http://127.0.0.1:8080/whep/demo".into())
+    }
+
+    #[tokio::test]
+    #[ignore = "needs a running WHEP server (WHEP_URL)"]
+    async fn cheap_and_inspecting_viewers_receive_media() {
+        for inspect_media in [false, true] {
+            let viewer = subscribe(ViewerOptions {
+                url: url(),
+                token: None,
+                inspect_media,
+            })
+            .await
+            .unwrap();
+            let stats = viewer
+                .wait_for(
+                    |s| s.video_packets > 300 && (!inspect_media || s.idr_seen),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            println!("inspect={inspect_media} {stats:#?}");
+            println!("loss detail: {:?}", viewer_loss_debug(&viewer));
+            assert!(stats.audio_packets > 0);
+            assert!(stats.opus_seen);
+            if inspect_media {
+                assert!(stats.sps_seen);
+                assert!(stats.decrypted_packets > 0);
+            }
+            viewer.close().await;
+        }
+    }
+
+    fn viewer_loss_debug(viewer: &Viewer) -> u64 {
+        viewer.stats().lost
     }
 }

@@ -50,7 +50,9 @@ fn main() -> ExitCode {
                 )
             })
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
-        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(webrtc_egress::bench::run(args))),
+        Command::Bench(args) => {
+            runtime().and_then(|rt| rt.block_on(webrtc_egress::bench::run(args)))
+        }
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(args))),
     };
     match result {

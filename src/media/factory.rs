@@ -53,8 +53,7 @@ pub fn translate(
     } else {
         dedup(fallback_ips.to_vec())
     };
-    let udp_port = u16::try_from(settings.udp_port)
-        .ok()
+    let udp_port = Some(settings.udp_port)
         .filter(|p| *p != 0)
         .ok_or_else(|| FieldError {
             path: "spec.webrtc.udpPort".into(),

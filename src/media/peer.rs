@@ -31,6 +31,7 @@ use super::factory::PeerFactoryConfig;
 /// Constrained baseline: what Chromium decodes over WebRTC, and what FFmpeg is told to produce.
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a baseline profile";
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 /// Our sending leg of one track: the SSRC and the payload type this subscriber negotiated.
@@ -171,7 +172,10 @@ pub fn answer(
                 ..Default::default()
             }],
         );
-        let sender = pc.add_track(track).map_err(bad_offer)?;
+        let sender = pc.add_track(track).map_err(|e| match kind {
+            TrackKind::Video => SubscribeError::BadOffer(format!("{NO_H264} ({e})")),
+            TrackKind::Audio => bad_offer(e),
+        })?;
         Ok(TrackOut {
             sender,
             ssrc,
@@ -207,11 +211,10 @@ pub fn answer(
     let answer = pc.create_answer(None).map_err(bad_offer)?;
     pc.set_local_description(now, answer.clone())
         .map_err(bad_offer)?;
-    let video = Some(negotiated(&mut pc, video, MIME_TYPE_H264).ok_or_else(|| {
-        SubscribeError::BadOffer(
-            "offer has no H.264 codec with packetization-mode=1 and a baseline profile".into(),
-        )
-    })?);
+    let video = Some(
+        negotiated(&mut pc, video, MIME_TYPE_H264)
+            .ok_or_else(|| SubscribeError::BadOffer(NO_H264.into()))?,
+    );
     let audio = audio.and_then(|a| negotiated(&mut pc, a, MIME_TYPE_OPUS));
     Ok(Answered {
         pc,
