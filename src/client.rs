@@ -64,6 +64,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timer used when `rtc` has no deadline of its own.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// Socket receive buffer requested per viewer.
+const RECV_BUFFER: usize = 4 << 20;
 /// Datagrams handled per wakeup before timers get a turn.
 const RECV_BATCH: usize = 64;
 /// Largest SRTP authentication tag (AEAD_AES_128_GCM); what a header-only look must discount.
@@ -118,8 +120,11 @@ pub struct ViewerStats {
     pub video_bytes: u64,
     /// Datagram bytes of audio packets as received.
     pub audio_bytes: u64,
-    /// Packets missing from the sequence numbers seen, summed over SSRCs.
+    /// Packets missing from the sequence numbers seen, summed over SSRCs; a late
+    /// retransmission fills its gap.
     pub lost: u64,
+    /// Packets received again (e.g. retransmitted twice); included in the packet counts.
+    pub duplicate_packets: u64,
     /// RTP packets `rtc` decrypted and handed back; inspect mode only.
     pub decrypted_packets: u64,
     /// An H.264 IDR NAL was seen; inspect mode only.
@@ -154,6 +159,7 @@ impl ViewerStats {
             video_bytes: 0,
             audio_bytes: 0,
             lost: 0,
+            duplicate_packets: 0,
             decrypted_packets: 0,
             idr_seen: false,
             sps_seen: false,
@@ -466,9 +472,22 @@ async fn bind_socket(url: &Url) -> Result<(UdpSocket, SocketAddr), ClientError> 
         .next()
         .ok_or_else(|| url_error(url.as_str(), "host did not resolve"))?;
     let ip = local_ip_towards(target)?;
-    let socket = UdpSocket::bind(SocketAddr::new(unspecified_like(ip), 0)).await?;
+    let socket = bind_udp(unspecified_like(ip))?;
     let advertised = SocketAddr::new(ip, socket.local_addr()?.port());
     Ok((socket, advertised))
+}
+
+/// A UDP socket on an ephemeral port with a receive buffer big enough for a keyframe burst
+/// (a GOP replayed on join), so loss we report is the server's, not our socket's.
+fn bind_udp(ip: IpAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// The source address the routing table chooses for `target`; UDP connect sends nothing.
@@ -758,13 +777,11 @@ impl Driver {
 
     fn count_rtp(&mut self, header: &RtpHeader, len: usize, now: Instant) {
         self.loss.record(header.ssrc, header.seq);
-        if std::env::var("SEQ_DEBUG").is_ok() {
-            eprintln!("SEQ {} {} {} {}", header.ssrc, header.pt, header.seq, len);
-        }
-        let lost = self.loss.total();
+        if std::env::var("SEQ_DEBUG").is_ok() { eprintln!("SEQ {} {} {} {}", header.ssrc, header.pt, header.seq, len); }
         let kind = self.kinds.get(header.pt);
         let mut stats = self.shared.stats();
-        stats.lost = lost;
+        stats.lost = self.loss.lost();
+        stats.duplicate_packets = self.loss.duplicates();
         match kind {
             Some(MediaKind::Video) => {
                 stats.video_packets += 1;
@@ -976,55 +993,119 @@ impl LossBySsrc {
         }
     }
 
-    fn total(&self) -> u64 {
+    fn lost(&self) -> u64 {
         self.0.iter().map(|(_, t)| t.lost()).sum()
+    }
+
+    fn duplicates(&self) -> u64 {
+        self.0.iter().map(|(_, t)| t.duplicates).sum()
     }
 }
 
-/// A jump forward beyond this is a restarted stream, not loss (RFC 3550 A.1 uses 3000).
+/// A step of this many sequence numbers or more, either way, is a restarted stream rather than
+/// loss or lateness (RFC 3550 A.1 uses 3000 for the forward case). Backward steps get the same
+/// room because retransmissions (NACK, no RTX) come back on the same SSRC hundreds of packets
+/// late.
 const MAX_DROPOUT: u16 = 3000;
-/// A step backward within this is a late (reordered or retransmitted) packet.
-const MAX_MISORDER: u16 = 100;
+/// Sequence numbers remembered to recognise duplicates; more than `MAX_DROPOUT`, so every late
+/// packet accepted is still remembered.
+const SEEN_WINDOW: u64 = 4096;
 
 /// Loss for one SSRC in the spirit of RFC 3550 A.3: expected (from the extended highest
-/// sequence number) minus received. A late packet counts as received without moving the
-/// highest; a big jump starts a new run, keeping the loss counted so far.
+/// sequence number) minus distinct packets received. Late packets count without moving the
+/// highest; duplicates (repeated retransmissions) count once; a big jump starts a new run,
+/// keeping the loss counted so far.
 #[derive(Debug, Clone)]
 struct SeqTracker {
-    /// First extended sequence number of the current run.
+    /// Lowest extended sequence number of the current run. Extended numbers start one cycle
+    /// up, so a packet from just before the first one still has a non-negative number.
     base: u64,
     /// Highest extended sequence number of the current run; wraps counted.
     highest: u64,
-    /// Packets received in the current run.
+    /// Distinct packets received in the current run.
     received: u64,
     /// Loss of earlier runs.
     lost_before: u64,
+    duplicates: u64,
+    /// Bit per extended sequence number modulo `SEEN_WINDOW`.
+    seen: Box<[u64; SEEN_WINDOW as usize / 64]>,
 }
 
 impl SeqTracker {
     fn new(seq: u16) -> Self {
-        Self {
-            base: u64::from(seq),
-            highest: u64::from(seq),
-            received: 1,
+        let mut tracker = Self {
+            base: 0,
+            highest: 0,
+            received: 0,
             lost_before: 0,
-        }
+            duplicates: 0,
+            seen: Box::new([0; SEEN_WINDOW as usize / 64]),
+        };
+        tracker.start_run(seq);
+        tracker
+    }
+
+    fn start_run(&mut self, seq: u16) {
+        let ext = (1 << 16) + u64::from(seq);
+        self.base = ext;
+        self.highest = ext;
+        self.received = 1;
+        self.seen.fill(0);
+        self.mark(ext);
     }
 
     fn record(&mut self, seq: u16) {
         let delta = seq.wrapping_sub(self.highest as u16);
-        if delta == 0 || delta > u16::MAX - MAX_MISORDER {
-            self.received += 1;
+        if delta == 0 {
+            self.duplicates += 1;
         } else if delta < MAX_DROPOUT {
+            for ext in self.highest + 1..self.highest + u64::from(delta) {
+                self.unmark(ext);
+            }
             self.highest += u64::from(delta);
             self.received += 1;
+            self.mark(self.highest);
+        } else if delta > u16::MAX - MAX_DROPOUT {
+            self.record_late(self.highest - u64::from(delta.wrapping_neg()));
         } else {
             self.lost_before += self.run_lost();
-            *self = Self {
-                lost_before: self.lost_before,
-                ..Self::new(seq)
-            };
+            self.start_run(seq);
         }
+    }
+
+    fn record_late(&mut self, ext: u64) {
+        if ext < self.base {
+            // Sent before the first packet we saw: the run starts earlier than we thought.
+            for gap in ext + 1..self.base {
+                self.unmark(gap);
+            }
+            self.base = ext;
+        } else if self.is_marked(ext) {
+            self.duplicates += 1;
+            return;
+        }
+        self.received += 1;
+        self.mark(ext);
+    }
+
+    fn bit(ext: u64) -> (usize, u64) {
+        let idx = ext % SEEN_WINDOW;
+        ((idx / 64) as usize, 1 << (idx % 64))
+    }
+
+    fn mark(&mut self, ext: u64) {
+        let (word, bit) = Self::bit(ext);
+        self.seen[word] |= bit;
+    }
+
+    fn unmark(&mut self, ext: u64) {
+        let (word, bit) = Self::bit(ext);
+        self.seen[word] &= !bit;
+    }
+
+    fn is_marked(&self, ext: u64) -> bool {
+        let (word, bit) = Self::bit(ext);
+        self.seen[word] & bit != 0
     }
 
     fn run_lost(&self) -> u64 {
@@ -1184,15 +1265,39 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_never_makes_loss_negative() {
-        assert_eq!(lost_after(&[1, 2, 2, 2, 3]), 0);
+    fn duplicates_count_once() {
+        let mut t = SeqTracker::new(1);
+        for seq in [2, 2, 2, 4, 4] {
+            t.record(seq);
+        }
+        assert_eq!((t.lost(), t.duplicates), (1, 3));
+    }
+
+    #[test]
+    fn retransmissions_hundreds_late_fill_gaps_once() {
+        // As seen from a server answering NACKs without RTX: a hole, the stream moves on,
+        // then the hole arrives twice.
+        let mut t = SeqTracker::new(10_967);
+        let live = (10_968..=11_065).chain(11_096..=11_252);
+        let hole = 11_066..=11_095;
+        for seq in live.chain(hole.clone()).chain(11_253..=11_355).chain(hole) {
+            t.record(seq);
+        }
+        assert_eq!(t.lost(), 0);
+        assert_eq!(t.duplicates, 30);
+    }
+
+    #[test]
+    fn packet_from_before_the_first_extends_the_run() {
+        assert_eq!(lost_after(&[100, 101, 98]), 1); // 99 missing
+        assert_eq!(lost_after(&[1, 2, 65535]), 1); // 0 missing, across the wrap
     }
 
     #[test]
     fn big_jump_starts_a_new_run_and_keeps_earlier_loss() {
         // 1 lost before the jump, then a restart at 40000 with 1 lost after it.
         assert_eq!(lost_after(&[1, 3, 40000, 40002]), 2);
-        // A jump backwards far beyond misorder is a restart too.
+        // A jump backwards beyond the dropout is a restart too.
         assert_eq!(lost_after(&[5000, 5001, 100, 101]), 0);
     }
 
@@ -1202,9 +1307,9 @@ mod tests {
         for (ssrc, seq) in [(1, 10), (2, 500), (1, 12), (2, 501)] {
             loss.record(ssrc, seq);
         }
-        assert_eq!(loss.total(), 1);
+        assert_eq!(loss.lost(), 1);
         loss.record(2, 505);
-        assert_eq!(loss.total(), 4);
+        assert_eq!(loss.lost(), 4);
     }
 
     #[test]
