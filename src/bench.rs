@@ -101,6 +101,8 @@ struct Ramp {
 async fn subscribe_all(args: &BenchArgs) -> Ramp {
     let in_flight = Arc::new(Semaphore::new((args.ramp as usize).clamp(1, MAX_IN_FLIGHT)));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.ramp)));
+    // After a stall on a slow server, keep the rate instead of catching up in a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = JoinSet::new();
     for _ in 0..args.viewers {
         tick.tick().await;
@@ -420,10 +422,14 @@ struct Report {
     viewers_failed: usize,
     /// Connected but no media packet by the end of the run.
     viewers_without_media: usize,
+    /// Sessions the server ended (DTLS alert, or disconnected/failed) during the run.
+    viewers_closed_by_server: usize,
     errors: Vec<ErrorCount>,
     video_packets: u64,
     audio_packets: u64,
     lost_packets: u64,
+    /// Packets received twice (retransmissions answered more than once); in the counts above.
+    duplicate_packets: u64,
     loss_pct: f64,
     join_first_packet: Distribution,
     join_connected: Distribution,
@@ -480,10 +486,12 @@ impl Report {
                 .iter()
                 .filter(|s| s.connected_at.is_some() && s.first_packet_at.is_none())
                 .count(),
+            viewers_closed_by_server: stats.iter().filter(|s| s.closed_by_server).count(),
             errors: group_errors(&reasons),
             video_packets: stats.iter().map(|s| s.video_packets).sum(),
             audio_packets: stats.iter().map(|s| s.audio_packets).sum(),
             lost_packets: lost,
+            duplicate_packets: stats.iter().map(|s| s.duplicate_packets).sum(),
             loss_pct: loss_pct(received, lost),
             join_first_packet: Distribution::of(
                 stats.iter().filter_map(ViewerStats::time_to_first_packet),
@@ -508,18 +516,23 @@ impl Report {
     fn print_human(&self) {
         println!("== WHEP bench: {}", self.url);
         println!(
-            "viewers    requested {}  connected {}  failed {}  without media {}",
+            "viewers    requested {}  connected {}  failed {}  without media {}  closed by server {}",
             self.viewers_requested,
             self.viewers_connected,
             self.viewers_failed,
-            self.viewers_without_media
+            self.viewers_without_media,
+            self.viewers_closed_by_server
         );
         for e in self.errors.iter().take(SHOWN_ERRORS) {
             println!("  {:>5} x {}", e.count, e.reason);
         }
         println!(
-            "packets    video {}  audio {}  lost {} ({:.3}% loss)",
-            self.video_packets, self.audio_packets, self.lost_packets, self.loss_pct
+            "packets    video {}  audio {}  lost {} ({:.3}% loss)  duplicates {}",
+            self.video_packets,
+            self.audio_packets,
+            self.lost_packets,
+            self.loss_pct,
+            self.duplicate_packets
         );
         println!(
             "join       POST->first packet {}",

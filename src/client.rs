@@ -777,7 +777,6 @@ impl Driver {
 
     fn count_rtp(&mut self, header: &RtpHeader, len: usize, now: Instant) {
         self.loss.record(header.ssrc, header.seq);
-        if std::env::var("SEQ_DEBUG").is_ok() { eprintln!("SEQ {} {} {} {}", header.ssrc, header.pt, header.seq, len); }
         let kind = self.kinds.get(header.pt);
         let mut stats = self.shared.stats();
         stats.lost = self.loss.lost();
@@ -1453,7 +1452,6 @@ mod live_tests {
                 .await
                 .unwrap();
             println!("inspect={inspect_media} {stats:#?}");
-            println!("loss detail: {:?}", viewer_loss_debug(&viewer));
             assert!(stats.audio_packets > 0);
             assert!(stats.opus_seen);
             if inspect_media {
@@ -1462,9 +1460,5 @@ mod live_tests {
             }
             viewer.close().await;
         }
-    }
-
-    fn viewer_loss_debug(viewer: &Viewer) -> u64 {
-        viewer.stats().lost
     }
 }

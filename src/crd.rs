@@ -5,11 +5,12 @@
 //! Every rule lives in two places, the schema (for `kubectl apply`) and [`validate`] (for files
 //! on disk); `tests/crd.rs` and the unit tests below keep them in step.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -88,6 +89,9 @@ pub struct WebRTCEgressSpec {
         "x-kubernetes-list-map-keys" = ["id"]
     ))]
     pub processes: Vec<ProcessSpec>,
+    /// How the operator runs the egress pods; ignored by `serve`.
+    #[serde(skip_serializing_if = "PodSettings::is_default")]
+    pub pod: PodSettings,
 }
 
 impl Default for WebRTCEgressSpec {
@@ -97,7 +101,85 @@ impl Default for WebRTCEgressSpec {
             webrtc: WebRtcSettings::default(),
             auth: None,
             processes: Vec::new(),
+            pod: PodSettings::default(),
         }
+    }
+}
+
+/// Pod-level settings of the egress Deployment and Service. Changing any of them rolls the pods;
+/// process edits never do.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodSettings {
+    /// Egress image; the operator's `--agent-image` when omitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Run in the node's network namespace: the UDP port is the node's, and the pods advertise
+    /// the node's address when `webrtc` names none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Type of the Service in front of the pods. `NodePort` exposes the media port on the same
+    /// node port as `udpPort` (which must then lie in the cluster's node-port range), because
+    /// peers are told that port.
+    #[serde(skip_serializing_if = "ServiceType::is_default")]
+    pub service_type: ServiceType,
+    /// CPU and memory of the egress container; requests `cpu: 250m, memory: 256Mi` and limit
+    /// `memory: 1Gi` when omitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+    /// Nodes the pods may run on.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl PodSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `imagePullPolicy` of the egress container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Kubernetes Service type in front of the egress pods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -346,6 +428,25 @@ fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Kubernetes quantity syntax (`250m`, `1.5Gi`, `2`), as the API server's own types declare it.
+const QUANTITY_PATTERN: &str = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// `requests` and `limits` maps of quantities, each an int-or-string as in the core API; other
+/// fields of `ResourceRequirements` (`claims`) are not offered.
+fn resources_schema(_: &mut SchemaGenerator) -> Schema {
+    let quantities = json!({
+        "type": "object",
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": true,
+            "pattern": QUANTITY_PATTERN,
+        },
+    });
+    json_schema!({
+        "type": "object",
+        "properties": {"limits": quantities, "requests": quantities},
+    })
+}
+
 // ---- Validation in Rust ----
 
 /// One rule broken, at a JSON path such as `spec.processes[1].id`.
@@ -404,6 +505,7 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
             }
         }
     }
+    validate_pod(&spec.pod, &mut errors);
     let mut seen_ids = HashSet::new();
     for (i, process) in spec.processes.iter().enumerate() {
         let path = format!("spec.processes[{i}]");
@@ -501,6 +603,77 @@ fn validate_webrtc(webrtc: &WebRtcSettings, errors: &mut Vec<FieldError>) {
             }
         }
     }
+}
+
+fn validate_pod(pod: &PodSettings, errors: &mut Vec<FieldError>) {
+    if pod.image.as_deref() == Some("") {
+        errors.push(FieldError::new("spec.pod.image", "must not be empty"));
+    }
+    let Some(resources) = &pod.resources else {
+        return;
+    };
+    for (field, quantities) in [
+        ("limits", &resources.limits),
+        ("requests", &resources.requests),
+    ] {
+        for (name, quantity) in quantities.iter().flatten() {
+            if quantity_value(&quantity.0).is_none() {
+                errors.push(FieldError::new(
+                    format!("spec.pod.resources.{field}.{name}"),
+                    format!("{:?} is not a quantity (e.g. 250m, 1.5, 512Mi)", quantity.0),
+                ));
+            }
+        }
+    }
+}
+
+/// The value of a Kubernetes quantity (`250m` → 0.25, `1Ki` → 1024), or `None` when `text` is
+/// not one. Precise enough to compare quantities, which is all it is for.
+pub fn quantity_value(text: &str) -> Option<f64> {
+    let (number, suffix) = split_number(text)?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => {
+            let exponent = suffix.strip_prefix(['e', 'E'])?;
+            match split_number(exponent)? {
+                (exponent, "") => 10f64.powf(exponent),
+                _ => return None,
+            }
+        }
+    };
+    Some(number * multiplier)
+}
+
+/// Splits a leading signed decimal number (`-1.5`, `.5`, `2.`) from the rest of `text`.
+fn split_number(text: &str) -> Option<(f64, &str)> {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let mut end = usize::from(text.starts_with(['+', '-']));
+    let whole = digits(&text[end..]);
+    end += whole;
+    let mut fraction = 0;
+    if text[end..].starts_with('.') {
+        fraction = digits(&text[end + 1..]);
+        end += 1 + fraction;
+    }
+    if whole + fraction == 0 {
+        return None;
+    }
+    Some((text[..end].parse().ok()?, &text[end..]))
 }
 
 /// Why `text` is not an IP address as Kubernetes' `isIP` sees it, or `None` if it is one.

@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Run the egress subsystem standalone from a WebRTCEgress manifest; edits apply live.
     Serve(serve::ServeArgs),
+    /// Reconcile WebRTCEgress resources into egress pods (in-cluster config or KUBECONFIG).
+    Operator(webrtc_egress::operator::OperatorArgs),
+    /// Run an egress pod's data plane for one WebRTCEgress, fed through the API server.
+    Agent(webrtc_egress::agent::AgentArgs),
     /// Print the WebRTCEgress CustomResourceDefinition (YAML).
     Crd,
     /// WHEP load generator: subscribe N viewers to any WHEP URL and print figures.
@@ -53,7 +57,13 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             runtime().and_then(|rt| rt.block_on(webrtc_egress::bench::run(args)))
         }
+        Command::Agent(args) => {
+            runtime().and_then(|rt| rt.block_on(webrtc_egress::agent::run(args)))
+        }
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(args))),
+        Command::Operator(args) => {
+            runtime().and_then(|rt| rt.block_on(webrtc_egress::operator::run(args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

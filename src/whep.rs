@@ -273,7 +273,7 @@ async fn offer(
         header::HeaderName::from_static("accept-patch"),
         HeaderValue::from_static(SDPFRAG),
     );
-    for link in ice_server_links(engine.factory()) {
+    for link in ice_server_links(&engine.factory()) {
         h.append(header::LINK, link);
     }
     Ok(response)

@@ -416,3 +416,17 @@ async fn bearer_token_is_required_when_configured() {
     viewer.wait_for(|s| s.idr_seen, MEDIA).await.unwrap();
     viewer.close().await;
 }
+
+#[tokio::test]
+async fn ffmpeg_dies_with_a_killed_server() {
+    let mut server = Server::start(&[Process::test_pattern("cam1")], &[]);
+    let live = server.wait_live("cam1").await;
+    let ffmpeg = live["pid"].as_u64().expect("ffmpeg pid");
+    server.kill_hard();
+    wait_until(
+        Duration::from_secs(10),
+        "FFmpeg to exit with its parent",
+        || async { (!std::path::Path::new(&format!("/proc/{ffmpeg}")).exists()).then_some(()) },
+    )
+    .await;
+}

@@ -5,7 +5,7 @@
 //! or, for an address not seen yet, by the local ufrag in the STUN USERNAME.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -90,7 +90,9 @@ struct Routes {
 
 struct Shared {
     socket: Arc<UdpSocket>,
-    factory: PeerFactoryConfig,
+    /// Advertised addresses and ICE servers can change at run time (a load balancer's IP
+    /// arrives after the pod starts); existing peers keep the candidates they answered with.
+    factory: RwLock<PeerFactoryConfig>,
     routes: RwLock<Routes>,
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
     /// Streams torn down: late subscribers to them are refused, even if already in flight.
@@ -99,27 +101,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// The candidate address `rtc` must be told a datagram arrived on: it discards anything
-    /// whose local address is not one of the peer's local candidates.
-    fn local_addr_for(&self, remote: SocketAddr) -> SocketAddr {
-        let port = self.factory.udp_port;
-        let ips = &self.factory.advertised_ips;
-        let same_family = |ip: &&IpAddr| ip.is_ipv4() == remote.is_ipv4();
-        let ip = ips
-            .iter()
-            .find(|ip| **ip == remote.ip())
-            .or_else(|| {
-                ips.iter()
-                    .filter(same_family)
-                    .find(|ip| ip.is_loopback() == remote.ip().is_loopback())
-            })
-            .or_else(|| ips.iter().find(same_family))
-            .or(ips.first())
-            .copied()
-            .unwrap_or(remote.ip());
-        SocketAddr::new(ip, port)
-    }
-
     fn forget_session(&self, id: &SessionId, ufrag: &str, addrs: &[SocketAddr]) {
         let mut routes = self.routes.write().unwrap();
         routes.by_ufrag.remove(ufrag);
@@ -180,7 +161,7 @@ impl Engine {
         let socket = bind_udp(config.bind)?;
         let shared = Arc::new(Shared {
             socket: Arc::new(socket),
-            factory: config.factory,
+            factory: RwLock::new(config.factory.clone()),
             routes: RwLock::default(),
             sessions: Mutex::default(),
             closed_streams: Mutex::default(),
@@ -203,7 +184,7 @@ impl Engine {
         tasks.push(tokio::spawn(read_socket(shared.clone(), shards.clone())));
         info!(
             bind = %config.bind,
-            advertised = ?shared.factory.advertised_ips,
+            advertised = ?config.factory.advertised_ips,
             "media port open"
         );
         Ok(Arc::new(Engine {
@@ -215,8 +196,25 @@ impl Engine {
         }))
     }
 
-    pub fn factory(&self) -> &PeerFactoryConfig {
-        &self.shared.factory
+    pub fn factory(&self) -> PeerFactoryConfig {
+        self.shared.factory.read().unwrap().clone()
+    }
+
+    /// Replaces what new peers are told; the bound port cannot change.
+    pub fn set_factory(&self, mut factory: PeerFactoryConfig) {
+        let mut current = self.shared.factory.write().unwrap();
+        if factory.udp_port != current.udp_port {
+            warn!(
+                bound = current.udp_port,
+                requested = factory.udp_port,
+                "udpPort cannot change while running; keeping the bound port"
+            );
+            factory.udp_port = current.udp_port;
+        }
+        if *current != factory {
+            info!(advertised = ?factory.advertised_ips, "peer factory updated");
+            *current = factory;
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -248,7 +246,8 @@ impl Engine {
         if self.sessions_held() >= self.max_sessions {
             return Err(SubscribeError::TooManySessions(self.max_sessions));
         }
-        let factory = self.shared.factory.clone();
+        let factory = self.factory();
+        let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
         let offer = offer_sdp.to_owned();
         // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
         let answered = std::panic::catch_unwind(move || peer::answer(&offer, &factory, has_audio))
@@ -287,6 +286,7 @@ impl Engine {
             video: answered.video,
             audio: answered.audio,
             ufrag: answered.local_ufrag,
+            candidates,
             connected: false,
             known_addrs: Vec::new(),
             created: Instant::now(),
@@ -466,6 +466,26 @@ async fn read_socket(shared: Arc<Shared>, shards: Vec<mpsc::Sender<ShardMsg>>) {
     }
 }
 
+/// The candidate a datagram from `remote` is taken to have arrived on. The socket is bound to
+/// one port (often on 0.0.0.0), so pick the candidate the remote most plausibly addressed: its
+/// own IP (same host), then one of the same family and scope, then any.
+fn local_candidate_for(candidates: &[SocketAddr], remote: SocketAddr) -> SocketAddr {
+    let same_family = |c: &&SocketAddr| c.is_ipv4() == remote.is_ipv4();
+    candidates
+        .iter()
+        .find(|c| c.ip() == remote.ip())
+        .or_else(|| {
+            candidates
+                .iter()
+                .filter(same_family)
+                .find(|c| c.ip().is_loopback() == remote.ip().is_loopback())
+        })
+        .or_else(|| candidates.iter().find(same_family))
+        .or(candidates.first())
+        .copied()
+        .unwrap_or(remote)
+}
+
 /// The first half of a STUN request's USERNAME (`ours:theirs`), i.e. our local ufrag.
 fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
     const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
@@ -493,6 +513,8 @@ struct Subscriber {
     video: Option<TrackOut>,
     audio: Option<TrackOut>,
     ufrag: String,
+    /// Our host candidates as answered; `rtc` drops datagrams not addressed to one of them.
+    candidates: Vec<SocketAddr>,
     connected: bool,
     known_addrs: Vec<SocketAddr>,
     created: Instant,
@@ -594,10 +616,10 @@ impl Shard {
     }
 
     fn on_datagram(&mut self, from: SocketAddr, id: &SessionId, data: BytesMut, at: Instant) {
-        let local_addr = self.shared.local_addr_for(from);
         let Some(sub) = self.peers.get_mut(id) else {
             return;
         };
+        let local_addr = local_candidate_for(&sub.candidates, from);
         let result = sub.pc.handle_read(TaggedBytesMut {
             now: at,
             transport: TransportContext {
@@ -801,6 +823,19 @@ mod tests {
         let mut rtp = msg.clone();
         rtp[0] = 0x80;
         assert_eq!(stun_local_ufrag(&rtp), None);
+    }
+
+    #[test]
+    fn local_candidate_matches_remote_scope() {
+        let cands: Vec<SocketAddr> = ["127.0.0.1:9", "192.0.2.2:9", "[2001:db8::1]:9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let pick = |r: &str| local_candidate_for(&cands, r.parse().unwrap()).to_string();
+        assert_eq!(pick("127.0.0.1:5000"), "127.0.0.1:9");
+        assert_eq!(pick("192.0.2.2:5000"), "192.0.2.2:9");
+        assert_eq!(pick("198.51.100.7:5000"), "192.0.2.2:9");
+        assert_eq!(pick("[2001:db8::7]:5000"), "[2001:db8::1]:9");
     }
 
     #[test]

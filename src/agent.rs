@@ -1,0 +1,140 @@
+//! `agent`: what each egress pod runs. The data plane, fed from the resource's stream entries
+//! (the operator's ConfigMap), watched through the API server so edits apply within seconds.
+
+use std::net::IpAddr;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::crd::WebRTCEgressSpec;
+use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
+use crate::operator::children::{spec_from_configmap_data, streams_configmap_name};
+
+/// Seconds a terminating pod stays up, not ready, before closing its sessions.
+const AGENT_DRAIN_SECONDS: u64 = 5;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// Namespace of the WebRTCEgress (from the downward API in pods).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// Name of the WebRTCEgress this pod serves.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
+}
+
+pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
+    let name = streams_configmap_name(&args.name);
+    let (tx, mut specs) = mpsc::channel(8);
+    tokio::spawn(watch_stream_entries(configmaps, name.clone(), tx));
+    info!(configmap = %name, namespace = %args.namespace, "waiting for stream entries");
+    let initial = specs
+        .recv()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("watch on ConfigMap {name} ended"))?;
+    args.data_plane
+        .drain_seconds
+        .get_or_insert(AGENT_DRAIN_SECONDS);
+    let fallback_ips = advertised_fallback(&client, &args.data_plane).await;
+    dataplane::run(
+        args.data_plane,
+        SpecFeed {
+            initial,
+            updates: specs,
+            fallback_ips,
+        },
+    )
+    .await
+}
+
+/// Sends the spec rebuilt from the ConfigMap on every change; a deleted ConfigMap means no
+/// processes (the resource is going away). Entries that do not parse are logged and skipped,
+/// leaving what runs untouched.
+async fn watch_stream_entries(
+    api: Api<ConfigMap>,
+    name: String,
+    tx: mpsc::Sender<WebRTCEgressSpec>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher::watcher(api, config).boxed();
+    let mut last: Option<WebRTCEgressSpec> = None;
+    while let Some(event) = events.next().await {
+        let next = match event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
+                match spec_from_configmap_data(&cm.data.unwrap_or_default()) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        warn!(configmap = %name, "stream entries refused, keeping what runs: {e}");
+                        continue;
+                    }
+                }
+            }
+            Ok(Event::Delete(_)) => match &last {
+                Some(spec) => WebRTCEgressSpec {
+                    processes: Vec::new(),
+                    ..spec.clone()
+                },
+                None => continue,
+            },
+            Ok(Event::Init | Event::InitDone) => continue,
+            Err(e) => {
+                warn!(configmap = %name, "watch error (retrying): {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&next) {
+            continue;
+        }
+        last = Some(next.clone());
+        if tx.send(next).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What to advertise when the resource names no address: with hostNetwork (pod IP = host IP),
+/// the node's ExternalIP, else its InternalIP; otherwise the pod IP; outside a cluster, the
+/// interface addresses.
+async fn advertised_fallback(client: &Client, args: &DataPlaneArgs) -> Vec<IpAddr> {
+    let env_ip = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse::<IpAddr>().ok())
+    };
+    let (pod_ip, host_ip) = (env_ip("POD_IP"), env_ip("HOST_IP"));
+    if pod_ip.is_some() && pod_ip == host_ip {
+        if let Some(ip) = node_address(client).await {
+            return vec![ip];
+        }
+        return host_ip.into_iter().collect();
+    }
+    match pod_ip {
+        Some(ip) => vec![ip],
+        None => dataplane::interface_ips(args.udp_bind),
+    }
+}
+
+async fn node_address(client: &Client) -> Option<IpAddr> {
+    let node_name = std::env::var("NODE_NAME").ok()?;
+    let node = Api::<Node>::all(client.clone())
+        .get(&node_name)
+        .await
+        .map_err(|e| warn!(node = %node_name, "cannot read node addresses: {e}"))
+        .ok()?;
+    let addresses = node.status?.addresses?;
+    ["ExternalIP", "InternalIP"].iter().find_map(|kind| {
+        addresses
+            .iter()
+            .find(|a| a.type_ == *kind)
+            .and_then(|a| a.address.parse().ok())
+    })
+}

@@ -1,0 +1,178 @@
+//! What `serve` and `agent` share: the engine, the subsystem and the HTTP server, fed a stream
+//! of desired specs from wherever the caller reads them (a file, the API server).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::crd::WebRTCEgressSpec;
+use crate::media::{Engine, EngineConfig, translate};
+use crate::subsystem::{Subsystem, SubsystemConfig};
+use crate::telemetry::Metrics;
+use crate::{ffmpeg, whep};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataPlaneArgs {
+    /// HTTP address for WHEP, the player, health and metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address the media UDP socket binds (the port is `spec.webrtc.udpPort`).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub udp_bind: IpAddr,
+    /// FFmpeg binary.
+    #[arg(long, default_value = "ffmpeg", env = "WEBRTC_EGRESS_FFMPEG")]
+    pub ffmpeg: String,
+    /// Bearer token required on WHEP requests.
+    #[arg(long, env = "WEBRTC_EGRESS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Worker shards holding peer connections (default: one per CPU).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Most WHEP sessions held at once; more get 503.
+    #[arg(long, default_value_t = 2000)]
+    pub max_sessions: usize,
+    /// On SIGTERM, report not-ready and keep serving this long before closing every session
+    /// (default: 0 for `serve`, 5 for `agent`, so load balancers stop routing first).
+    #[arg(long)]
+    pub drain_seconds: Option<u64>,
+}
+
+/// Where the desired state comes from.
+pub struct SpecFeed {
+    pub initial: WebRTCEgressSpec,
+    /// Later versions; each is applied as it arrives.
+    pub updates: mpsc::Receiver<WebRTCEgressSpec>,
+    /// Advertised when the spec names no public or NAT 1:1 address.
+    pub fallback_ips: Vec<IpAddr>,
+}
+
+/// Runs until SIGTERM/ctrl-c, then drains and tears everything down.
+pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
+    let version = ffmpeg::check_ffmpeg(&args.ffmpeg)?;
+    info!(%version, "found ffmpeg");
+    let SpecFeed {
+        initial,
+        mut updates,
+        fallback_ips,
+    } = feed;
+    let factory = translate(&initial.webrtc, &fallback_ips).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let metrics = Metrics::default();
+    let engine = Engine::start(
+        EngineConfig {
+            bind: SocketAddr::new(args.udp_bind, factory.udp_port),
+            factory,
+            shards: args
+                .shards
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            max_sessions: args.max_sessions,
+        },
+        metrics.clone(),
+    )
+    .await
+    .context("cannot open the media UDP port")?;
+    let subsystem = Subsystem::new(
+        engine.clone(),
+        SubsystemConfig {
+            ffmpeg: args.ffmpeg.clone(),
+            ..Default::default()
+        },
+    );
+    let ready = Arc::new(AtomicBool::new(true));
+    let app = whep::router(whep::AppState {
+        subsystem: subsystem.clone(),
+        token: args.token.clone().map(Into::into),
+        metrics,
+        ready: ready.clone(),
+    });
+    subsystem.apply(&initial).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shown = browsable(listener.local_addr()?);
+    println!("webrtc-egress serving on http://{shown}/");
+    for process in &initial.processes {
+        println!("  watch {}: http://{shown}/play/{}", process.id, process.id);
+    }
+
+    let applier = {
+        let subsystem = subsystem.clone();
+        tokio::spawn(async move {
+            while let Some(spec) = updates.recv().await {
+                match translate(&spec.webrtc, &fallback_ips) {
+                    Ok(factory) => subsystem.engine().set_factory(factory),
+                    Err(e) => error!("spec.webrtc refused: {e}"),
+                }
+                info!(processes = spec.processes.len(), "applying new spec");
+                if let Err(e) = subsystem.apply(&spec).await {
+                    error!("applying spec failed: {e}");
+                }
+            }
+        })
+    };
+
+    let draining = {
+        let ready = ready.clone();
+        let drain = Duration::from_secs(args.drain_seconds.unwrap_or(0));
+        async move {
+            shutdown_signal().await;
+            info!(?drain, "shutting down: not ready, draining");
+            ready.store(false, Ordering::Release);
+            tokio::time::sleep(drain).await;
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(draining)
+        .await?;
+    applier.abort();
+    subsystem.close().await;
+    engine.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// Without configured addresses, advertise the bound address, or every interface address when
+/// bound to all of them (loopback included, so a browser on the same machine can play).
+pub fn interface_ips(bind: IpAddr) -> Vec<IpAddr> {
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
+    if let Ok(interfaces) = if_addrs::get_if_addrs() {
+        ips.extend(
+            interfaces
+                .iter()
+                .map(|i| i.ip())
+                .filter(|ip| ip.is_ipv4() && !ip.is_loopback()),
+        );
+    }
+    ips
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,157 @@
+// Plays streams from `webrtc-egress serve` in Debian's Chromium through the built-in player page.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = resolve(import.meta.dirname, "../..");
+const bin = process.env.WEBRTC_EGRESS_BIN || join(root, "target/debug/webrtc-egress");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const shots = join(root, "target/screenshots");
+
+function freePort() {
+  return new Promise((ok) => {
+    const s = createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => ok(p)); });
+  });
+}
+
+function manifest(udpPort, ids) {
+  const procs = ids.map((id) => `    - id: ${id}
+      inputs:
+        - address: "testsrc2=size=640x360:rate=30"
+          options: ["-re", "-f", "lavfi"]
+        - address: "sine=frequency=440:sample_rate=48000"
+          options: ["-re", "-f", "lavfi"]
+      video: {codec: h264, bitrateKbps: 800}
+      audio: {codec: opus}
+`).join("");
+  return `apiVersion: webrtc.dragonfork.io/v1alpha1
+kind: WebRTCEgress
+metadata: {name: browser}
+spec:
+  webrtc: {udpPort: ${udpPort}}
+  processes:
+${procs}`;
+}
+
+async function waitFor(what, probe, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+let server, base, manifestPath, udpPort, browser, otherOrigin, otherBase;
+
+async function streams() {
+  try { return (await (await fetch(`${base}/api/v1/streams`)).json()).streams; } catch { return null; }
+}
+
+before(async () => {
+  assert.ok(existsSync(bin), `${bin} missing: build it first (cargo build)`);
+  assert.ok(existsSync(chromiumPath), `${chromiumPath} missing: apt-get install chromium`);
+  const dir = mkdtempSync(join(tmpdir(), "webrtc-egress-browser-"));
+  manifestPath = join(dir, "egress.yaml");
+  udpPort = await freePort();
+  writeFileSync(manifestPath, manifest(udpPort, ["cam1", "cam2"]));
+  const http = await freePort();
+  base = `http://127.0.0.1:${http}`;
+  server = spawn(bin, ["serve", "-f", manifestPath, "--listen", `127.0.0.1:${http}`, "--udp-bind", "127.0.0.1"],
+    { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
+  await waitFor("both streams live", async () => {
+    const s = await streams();
+    return s && s.length === 2 && s.every((x) => x.live);
+  }, 60000);
+
+  // A second origin that embeds the player and talks WHEP to the egress server across origins.
+  const page = await (await fetch(`${base}/play/cam1`)).text();
+  otherOrigin = createServer((req, res) => { res.setHeader("Content-Type", "text/html"); res.end(page); });
+  await new Promise((ok) => otherOrigin.listen(0, "127.0.0.1", ok));
+  otherBase = `http://127.0.0.1:${otherOrigin.address().port}`;
+
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  otherOrigin?.close();
+  server?.kill();
+});
+
+async function audioPacketsReceived(page) {
+  return page.evaluate(async () => {
+    const pc = window.whepPc();
+    if (!pc) return 0;
+    let n = 0;
+    (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") n += r.packetsReceived; });
+    return n;
+  });
+}
+
+async function playing(page, minFrames) {
+  return waitFor(`${minFrames} decoded frames`, () => page.evaluate((min) => {
+    const q = document.getElementById("video").getVideoPlaybackQuality();
+    const s = window.whepStatus;
+    return s.state === "playing" && q.totalVideoFrames >= min
+      ? { frames: q.totalVideoFrames, firstFrameMs: s.firstFrameMs, attempts: s.attempts } : null;
+  }, minFrames));
+}
+
+test("the player page decodes video and receives audio", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${base}/play/cam1`);
+  const result = await playing(page, 60);
+  const audio = await waitFor("audio packets", async () => (await audioPacketsReceived(page)) > 50 && audioPacketsReceived(page));
+  console.log(`chromium: ${result.frames} frames decoded, first frame ${result.firstFrameMs?.toFixed(0)} ms after POST, ${audio} audio packets`);
+  assert.ok(result.frames >= 60);
+  assert.ok(result.firstFrameMs !== null, "requestVideoFrameCallback saw a frame");
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, "player.png") });
+
+  // Closing the page DELETEs its session.
+  await waitFor("one subscriber", async () => (await streams()).find((s) => s.id === "cam1").subscribers === 1);
+  await context.close();
+  await waitFor("session deleted on close", async () => (await streams()).find((s) => s.id === "cam1").subscribers === 0, 10000);
+});
+
+test("a player on another origin plays through CORS", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${otherBase}/?server=${encodeURIComponent(base)}`);
+  const result = await playing(page, 30);
+  assert.notEqual(new URL(page.url()).origin, base);
+  console.log(`cross-origin: ${result.frames} frames decoded`);
+  await context.close();
+});
+
+test("removing a process while it plays shows it ended without an error storm", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const posts = [];
+  page.on("request", (r) => { if (r.method() === "POST") posts.push(r.url()); });
+  await page.goto(`${base}/play/cam2`);
+  await playing(page, 30);
+  writeFileSync(manifestPath, manifest(udpPort, ["cam1"]));
+  const ended = await waitFor("page shows ended", () => page.evaluate(() => window.whepStatus.ended && document.getElementById("state").textContent), 30000);
+  console.log(`removed: page shows "${ended}" after ${posts.length} POST(s)`);
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.ok(posts.length <= 3, `no retry storm: ${posts.length} POSTs`);
+  assert.match(ended, /ended/);
+  await page.screenshot({ path: join(shots, "ended.png") });
+  await context.close();
+  writeFileSync(manifestPath, manifest(udpPort, ["cam1", "cam2"]));
+});
