@@ -1145,6 +1145,106 @@ spec:
     }
 
     #[test]
+    fn pod_settings_parse_with_defaults_and_are_omitted_when_default() {
+        let text = manifest_with_spec(
+            "  pod:\n    image: example.org/egress:1\n    imagePullPolicy: IfNotPresent\n    \
+             hostNetwork: true\n    serviceType: LoadBalancer\n    nodeSelector: {media: \"yes\"}\n    \
+             resources: {requests: {cpu: 1, memory: 512Mi}, limits: {memory: 2Gi}}\n",
+        );
+        let pod = parse_manifest(&text).unwrap().spec.pod;
+        assert_eq!(pod.image.as_deref(), Some("example.org/egress:1"));
+        assert_eq!(pod.image_pull_policy, Some(ImagePullPolicy::IfNotPresent));
+        assert!(pod.host_network);
+        assert_eq!(pod.service_type, ServiceType::LoadBalancer);
+        assert_eq!(pod.node_selector["media"], "yes");
+        let requests = pod.resources.unwrap().requests.unwrap();
+        assert_eq!(requests["cpu"].0, "1", "integers are quantities too");
+        assert_eq!(requests["memory"].0, "512Mi");
+
+        let spec = WebRTCEgressSpec::default();
+        assert_eq!(spec.pod.service_type, ServiceType::ClusterIP);
+        assert!(!spec.pod.host_network && spec.pod.image.is_none());
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(json.get("pod").is_none(), "{json}");
+
+        let bad = manifest_with_spec("  pod: {serviceType: ExternalName}\n");
+        assert!(parse_error(&bad).contains("spec.pod.serviceType"));
+    }
+
+    #[test]
+    fn pod_image_and_quantities_are_checked() {
+        let mut spec = spec_with_processes(1);
+        spec.pod.image = Some(String::new());
+        spec.pod.resources = Some(
+            serde_json::from_value(json!({
+                "requests": {"cpu": "250m", "memory": "lots"},
+                "limits": {"memory": "1.5Gi"},
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            errors(&spec),
+            "spec.pod.image: must not be empty; \
+             spec.pod.resources.requests.memory: \"lots\" is not a quantity (e.g. 250m, 1.5, 512Mi)"
+        );
+    }
+
+    #[test]
+    fn quantities_have_values() {
+        for (text, value) in [
+            ("1", 1.0),
+            ("250m", 0.25),
+            ("0.5", 0.5),
+            (".5", 0.5),
+            ("2.", 2.0),
+            ("+1k", 1000.0),
+            ("-1", -1.0),
+            ("1Ki", 1024.0),
+            ("256Mi", 268_435_456.0),
+            ("1E", 1e18),
+            ("1e3", 1000.0),
+            ("1.5E-3", 0.0015),
+            ("100n", 1e-7),
+        ] {
+            let parsed = quantity_value(text).unwrap_or_else(|| panic!("{text}"));
+            assert!(
+                (parsed - value).abs() <= 1e-12 * value.abs(),
+                "{text}: {parsed}"
+            );
+        }
+        for bad in ["", "m", "1x", "1Mb", "1e", "1ki", "--1", "1 m", "e3", "."] {
+            assert_eq!(quantity_value(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_schema_has_closed_enums_and_int_or_string_quantities() {
+        let crd = serde_json::to_value(WebRTCEgress::crd()).unwrap();
+        let pod = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["pod"];
+        assert!(
+            pod.get("default").is_none(),
+            "no pod section is written into objects"
+        );
+        let properties = &pod["properties"];
+        assert_eq!(
+            properties["serviceType"]["enum"],
+            json!(["ClusterIP", "NodePort", "LoadBalancer"])
+        );
+        assert_eq!(
+            properties["imagePullPolicy"]["enum"],
+            json!(["Always", "IfNotPresent", "Never", null])
+        );
+        let quantity = &properties["resources"]["properties"]["limits"]["additionalProperties"];
+        assert_eq!(quantity["x-kubernetes-int-or-string"], true);
+        assert_eq!(quantity["pattern"], QUANTITY_PATTERN);
+        assert!(
+            quantity.get("type").is_none(),
+            "int-or-string nodes have no type"
+        );
+    }
+
+    #[test]
     fn auth_secret_ref_needs_name_and_key() {
         let spec = WebRTCEgressSpec {
             auth: Some(AuthSpec::default()),

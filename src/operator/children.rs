@@ -813,7 +813,8 @@ mod tests {
         replicas.spec.replicas = 3;
         assert_eq!(pod_hash(&replicas), base_hash, "replicas");
 
-        let edits: [(&str, fn(&mut WebRTCEgressSpec)); 6] = [
+        type Edit = fn(&mut WebRTCEgressSpec);
+        let edits: [(&str, Edit); 6] = [
             ("image", |s| s.pod.image = Some("other:2".into())),
             ("udpPort", |s| s.webrtc.udp_port = 9000),
             ("hostNetwork", |s| s.pod.host_network = true),

@@ -118,6 +118,11 @@ impl FakeApi {
         self.failing.lock().unwrap().insert((method, path.into()));
     }
 
+    /// Every request, in order.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Every request but reads, in order.
     pub fn writes(&self) -> Vec<Logged> {
         self.log

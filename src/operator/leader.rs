@@ -1,7 +1,6 @@
 //! Leader election over a `coordination.k8s.io` Lease, so that of several operator replicas
 //! exactly one reconciles and the others stand by.
 
-use std::future::Future;
 use std::time::Duration;
 
 use kube::Client;
@@ -35,6 +34,9 @@ pub fn identity() -> String {
 pub struct Leadership {
     state: watch::Receiver<bool>,
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    /// Cancelled on shutdown or when leadership is lost: the end of this replica's turn.
+    stop: CancellationToken,
+    watcher: JoinHandle<()>,
 }
 
 /// Waits until this replica holds the Lease; `None` if `shutdown` comes first.
@@ -71,19 +73,31 @@ pub async fn acquire(
         Some(false) => anyhow::bail!("leader election stopped"),
         Some(true) => {
             info!(lease = %lease.name, "became the leader");
-            Ok(Some(Leadership { state, task }))
+            let stop = shutdown.child_token();
+            let watcher = tokio::spawn({
+                let mut state = state.clone();
+                let stop = stop.clone();
+                async move {
+                    // An error means the election stopped, which loses leadership as well.
+                    let _ = state.wait_for(|leader| !*leader).await;
+                    warn!("lost leadership");
+                    stop.cancel();
+                }
+            });
+            Ok(Some(Leadership {
+                state,
+                task,
+                stop,
+                watcher,
+            }))
         }
     }
 }
 
 impl Leadership {
-    /// Resolves when leadership is lost (or the election stops, which means the same).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
-        let mut state = self.state.clone();
-        async move {
-            let _ = state.wait_for(|leader| !*leader).await;
-            warn!("lost leadership");
-        }
+    /// Cancelled on shutdown or when leadership is lost.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
     }
 
     pub fn is_lost(&self) -> bool {
@@ -92,6 +106,9 @@ impl Leadership {
 
     /// Gives the Lease up, so that a standby takes over at once rather than after it expires.
     pub async fn release(self) {
+        // The watcher holds a receiver too; the manager releases only once all are gone.
+        self.watcher.abort();
+        let _ = self.watcher.await;
         release(self.state, self.task).await;
     }
 }

@@ -45,7 +45,7 @@ pub const FIELD_MANAGER: &str = "webrtc-egress-operator";
 /// says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/dragonfork/webrtc-egress:latest";
 
-/// Why a reconcile failed. The variant names label the failure metric.
+/// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action}: {source}")]
@@ -134,12 +134,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
+    // kube's message already names every cause; `context` would repeat them.
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "no Kubernetes configuration (in-cluster service account or KUBECONFIG): {e}"
+        )
+    })?;
     let identity = leader::identity();
 
-    let leadership = if args.leader_election() {
+    // `stop` ends this replica's work: shutdown, or the end of its leadership.
+    let (stop, leadership) = if args.leader_election() {
         // A standby replica is healthy: it is ready to take over.
         ready.store(true, Ordering::Relaxed);
         let lease = leader::LeaseSettings {
@@ -148,15 +152,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             identity: identity.clone(),
         };
         match leader::acquire(client.clone(), lease, &shutdown).await? {
-            Some(leadership) => Some(leadership),
+            Some(leadership) => (leadership.stop().clone(), Some(leadership)),
             None => return Ok(()),
         }
     } else {
-        None
+        (shutdown.clone(), None)
     };
 
+    ready.store(false, Ordering::Relaxed);
     let egresses: Api<WebRTCEgress> = scoped_api(&client, args.namespace.as_deref());
-    if wait_for_crd(&egresses, &shutdown).await {
+    if wait_for_crd(&egresses, &stop).await {
         let context = Arc::new(Context::new(
             client.clone(),
             AgentConfig {
@@ -167,7 +172,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             Some(identity),
         ));
         ready.store(true, Ordering::Relaxed);
-        run_controller(&client, egresses, &args, context, &shutdown, &leadership).await;
+        run_controller(&client, egresses, args.namespace.as_deref(), context, stop).await;
     }
     ready.store(false, Ordering::Relaxed);
 
@@ -189,15 +194,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
 async fn run_controller(
     client: &Client,
     egresses: Api<WebRTCEgress>,
-    args: &OperatorArgs,
+    namespace: Option<&str>,
     context: Arc<Context>,
-    shutdown: &CancellationToken,
-    leadership: &Option<leader::Leadership>,
+    stop: CancellationToken,
 ) {
     // Only our own children matter; the selector keeps the caches small.
     let children = watcher::Config::default().labels(&children::managed_by_selector());
-    let namespace = args.namespace.as_deref();
-    let mut controller = Controller::new(egresses, watcher::Config::default().any_semantic())
+    info!(
+        namespace = namespace.unwrap_or("(all)"),
+        "controller started"
+    );
+    Controller::new(egresses, watcher::Config::default().any_semantic())
         .owns(
             scoped_api::<Deployment>(client, namespace),
             children.clone(),
@@ -205,15 +212,7 @@ async fn run_controller(
         .owns(scoped_api::<Service>(client, namespace), children.clone())
         .owns(scoped_api::<ConfigMap>(client, namespace), children)
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
-    if let Some(leadership) = leadership {
-        controller = controller.graceful_shutdown_on(leadership.lost());
-    }
-    info!(
-        namespace = namespace.unwrap_or("(all)"),
-        "controller started"
-    );
-    controller
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -267,4 +266,39 @@ async fn cancel_on_signal(token: CancellationToken) {
     }
     info!("shutting down");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    fn parse(argv: &[&str]) -> OperatorArgs {
+        Cli::try_parse_from(std::iter::once("operator").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn arguments_and_defaults() {
+        let args = parse(&[]);
+        assert_eq!(args.listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(args.agent_service_account, "webrtc-egress-agent");
+        assert_eq!(args.lease_name, "webrtc-egress-operator");
+        assert_eq!(args.leader_election, None);
+        assert_eq!(args.namespace, None);
+
+        assert_eq!(parse(&["--leader-election"]).leader_election, Some(true));
+        let off = parse(&["--leader-election=false", "--namespace", "media"]);
+        assert_eq!(off.leader_election, Some(false));
+        assert!(!off.leader_election());
+        assert_eq!(off.namespace.as_deref(), Some("media"));
+    }
 }

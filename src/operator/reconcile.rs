@@ -29,6 +29,12 @@ pub async fn reconcile(egress: Arc<WebRTCEgress>, ctx: Arc<Context>) -> Result<A
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
 
+    if egress.metadata.deletion_timestamp.is_some() {
+        // The children go with their owner through garbage collection; applying them now
+        // would fight a foreground deletion.
+        return Ok(Action::await_change());
+    }
+
     if let Err(errors) = validate(&egress.spec) {
         // Only an edit can fix the spec, and an edit triggers a reconcile: no retries.
         let error = Error::InvalidSpec(errors);
@@ -59,19 +65,7 @@ pub async fn reconcile(egress: Arc<WebRTCEgress>, ctx: Arc<Context>) -> Result<A
     match apply_children(&egress, &ctx, &namespace, &mut report).await {
         Ok(()) => {
             ctx.clear_failures(&ObjectRef::from_obj(&*egress));
-            for (outcome, child) in &report.changes {
-                let verb = if *outcome == Outcome::Created {
-                    "Created"
-                } else {
-                    "Updated"
-                };
-                let kind = child.kind.as_deref().unwrap_or_default();
-                let name = child.name.as_deref().unwrap_or_default();
-                info!("{verb} {kind} {name}");
-                let note = format!("{verb} {kind} {name}");
-                ctx.publish(&egress, EventType::Normal, verb, note, Some(child.clone()))
-                    .await;
-            }
+            report.publish_changes(&egress, &ctx).await;
             write_status(&egress, &ctx, &report.observed(None)).await?;
             Ok(Action::requeue(MAX_BACKOFF))
         }
@@ -132,6 +126,46 @@ impl Report {
             failure,
         }
     }
+
+    /// A Normal event per child written, related to that child.
+    async fn publish_changes(&self, egress: &WebRTCEgress, ctx: &Context) {
+        for (outcome, child) in &self.changes {
+            let verb = if *outcome == Outcome::Created {
+                "Created"
+            } else {
+                "Updated"
+            };
+            let kind = child.kind.as_deref().unwrap_or_default();
+            let name = child.name.as_deref().unwrap_or_default();
+            info!("{verb} {kind} {name}");
+            let note = format!("{verb} {kind} {name}");
+            ctx.publish(egress, EventType::Normal, verb, note, Some(child.clone()))
+                .await;
+        }
+    }
+
+    /// [`apply`], counting and remembering a write.
+    async fn apply<K>(
+        &mut self,
+        ctx: &Context,
+        api: &Api<K>,
+        desired: &K,
+        existing: Option<K>,
+    ) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let (object, outcome) = apply(api, desired, existing).await?;
+        if outcome != Outcome::Unchanged {
+            ctx.metrics.wrote(&K::kind(&()));
+            self.changes.push((outcome, object.object_ref(&())));
+        }
+        Ok(object)
+    }
 }
 
 /// Service first (its load balancer IPs feed the stream entries), then the ConfigMap, then
@@ -169,30 +203,6 @@ async fn apply_children(
             .await?,
     );
     Ok(())
-}
-
-impl Report {
-    async fn apply<K>(
-        &mut self,
-        ctx: &Context,
-        api: &Api<K>,
-        desired: &K,
-        existing: Option<K>,
-    ) -> Result<K, Error>
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let (object, outcome) = apply(api, desired, existing).await?;
-        if outcome != Outcome::Unchanged {
-            ctx.metrics.wrote(&K::kind(&()));
-            self.changes.push((outcome, object.object_ref(&())));
-        }
-        Ok(object)
-    }
 }
 
 async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
@@ -236,6 +246,7 @@ mod tests {
     use std::time::Duration;
 
     use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::Value;
 
     use super::*;
@@ -543,6 +554,15 @@ mod tests {
             })
             .get();
         assert_eq!(failures, 2);
+    }
+
+    #[tokio::test]
+    async fn deleted_resource_is_left_to_garbage_collection() {
+        let (ctx, fake) = test_context();
+        let mut egress = egress("studio", &["cam1"]);
+        egress.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+        assert_eq!(run(&egress, &ctx).await.unwrap(), Action::await_change());
+        assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     }
 
     #[tokio::test]
