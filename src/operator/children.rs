@@ -206,19 +206,16 @@ pub fn service(egress: &WebRTCEgress) -> Result<Service, Error> {
 
 /// Deployment `N-egress`: `replicas` pods running `webrtc-egress agent`.
 ///
-/// The pod template carries a hash of everything the pods are built from, so that pod-level
-/// changes roll the pods. Processes are not part of it: the agents follow the ConfigMap live.
-pub fn deployment(
-    egress: &WebRTCEgress,
-    agent: &AgentConfig,
-    webrtc: &WebRtcSettings,
-) -> Result<Deployment, Error> {
+/// The pod template carries a hash of the pod spec, so that pod-level changes (image, udpPort,
+/// resources, hostNetwork, auth) roll the pods. Processes and advertised addresses are not part
+/// of it: agents follow the ConfigMap live, so a load balancer's IP arriving rolls nothing.
+pub fn deployment(egress: &WebRTCEgress, agent: &AgentConfig) -> Result<Deployment, Error> {
     let name = egress.name_any();
     let namespace = egress
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let pod = pod_spec(egress, agent, &name, &namespace);
-    let pod_hash = hash(&(&pod, webrtc));
+    let pod_hash = hash(&pod);
     let host_network = egress.spec.pod.host_network;
     // Pods on the host network hold the node's ports: a surge pod could not start beside the
     // old one, so roll one down first; otherwise bring the new pod up before the old one goes.
@@ -461,8 +458,7 @@ mod tests {
     }
 
     fn pod_hash(egress: &WebRTCEgress) -> String {
-        let webrtc = effective_webrtc(&egress.spec, &[]);
-        let deployment = deployment(egress, &agent_config(), &webrtc).unwrap();
+        let deployment = deployment(egress, &agent_config()).unwrap();
         deployment
             .spec
             .template
@@ -487,9 +483,7 @@ mod tests {
         let metas = [
             configmap(&egress, &webrtc).unwrap().metadata,
             service(&egress).unwrap().metadata,
-            deployment(&egress, &agent_config(), &webrtc)
-                .unwrap()
-                .metadata,
+            deployment(&egress, &agent_config()).unwrap().metadata,
         ];
         let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
         assert_eq!(names, ["studio-streams", "studio-egress", "studio-egress"]);
@@ -664,8 +658,7 @@ mod tests {
     #[test]
     fn deployment_runs_the_agent_for_this_resource() {
         let egress = egress("studio", &["cam1"]);
-        let webrtc = effective_webrtc(&egress.spec, &[]);
-        let deployment = deployment(&egress, &agent_config(), &webrtc).unwrap();
+        let deployment = deployment(&egress, &agent_config()).unwrap();
         let spec = &deployment.spec;
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(
@@ -749,8 +742,7 @@ mod tests {
     #[test]
     fn pods_run_locked_down() {
         let egress = egress("studio", &[]);
-        let webrtc = effective_webrtc(&egress.spec, &[]);
-        let deployment = deployment(&egress, &agent_config(), &webrtc).unwrap();
+        let deployment = deployment(&egress, &agent_config()).unwrap();
         let security = container(&deployment).security_context.clone().unwrap();
         assert_eq!(security.run_as_non_root, Some(true));
         assert_eq!(security.run_as_user, Some(65532));
@@ -773,8 +765,7 @@ mod tests {
                 key: "token".into(),
             },
         });
-        let webrtc = effective_webrtc(&egress.spec, &[]);
-        let deployment = deployment(&egress, &agent_config(), &webrtc).unwrap();
+        let deployment = deployment(&egress, &agent_config()).unwrap();
         let pod = pod_of(&deployment);
         assert_eq!(pod.host_network, Some(true));
         assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
@@ -812,9 +803,16 @@ mod tests {
         let mut replicas = base.clone();
         replicas.spec.replicas = 3;
         assert_eq!(pod_hash(&replicas), base_hash, "replicas");
+        let mut addresses = base.clone();
+        addresses.spec.webrtc.public_ip = Some("203.0.113.1".into());
+        assert_eq!(
+            pod_hash(&addresses),
+            base_hash,
+            "advertised addresses apply live"
+        );
 
         type Edit = fn(&mut WebRTCEgressSpec);
-        let edits: [(&str, Edit); 6] = [
+        let edits: [(&str, Edit); 5] = [
             ("image", |s| s.pod.image = Some("other:2".into())),
             ("udpPort", |s| s.webrtc.udp_port = 9000),
             ("hostNetwork", |s| s.pod.host_network = true),
@@ -822,9 +820,6 @@ mod tests {
                 s.pod.resources = Some(ResourceRequirements::default())
             }),
             ("auth", |s| s.auth = Some(AuthSpec::default())),
-            ("publicIP", |s| {
-                s.webrtc.public_ip = Some("203.0.113.1".into())
-            }),
         ];
         for (what, edit) in edits {
             let mut edited = base.clone();
