@@ -430,3 +430,28 @@ async fn ffmpeg_dies_with_a_killed_server() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_viewer_that_vanishes_is_reaped() {
+    let server = Server::start(&[Process::test_pattern("cam1")], &[]);
+    server.wait_live("cam1").await;
+    let viewer = subscribe(ViewerOptions::new(server.whep_url("cam1")))
+        .await
+        .unwrap();
+    viewer.wait_for(|s| s.idr_seen, MEDIA).await.unwrap();
+    assert_eq!(server.stream("cam1").await.unwrap()["subscribers"], 1);
+    let gone_at = Instant::now();
+    viewer.abandon().await;
+    wait_until(
+        Duration::from_secs(60),
+        "the server to reap a silent viewer",
+        || async {
+            server
+                .stream("cam1")
+                .await
+                .filter(|s| s["subscribers"] == 0)
+        },
+    )
+    .await;
+    println!("silent viewer reaped after {:?}", gone_at.elapsed());
+}

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::factory::PeerFactoryConfig;
+use super::outbox::Outbox;
 use super::peer::{self, TrackOut};
 use super::{MediaPacket, StreamKey, TrackKind};
 use crate::telemetry::Metrics;
@@ -178,6 +179,7 @@ impl Engine {
                 peers: HashMap::new(),
                 by_stream: HashMap::new(),
                 keyframe_cache: HashMap::new(),
+                outbox: Outbox::default(),
             };
             tasks.push(tokio::spawn(shard.run(rx)));
         }
@@ -526,6 +528,8 @@ struct Shard {
     peers: HashMap<SessionId, Subscriber>,
     by_stream: HashMap<StreamKey, Vec<SessionId>>,
     keyframe_cache: HashMap<StreamKey, Vec<Arc<MediaPacket>>>,
+    /// Datagrams produced while handling messages, sent in one batch afterwards.
+    outbox: Outbox,
 }
 
 /// What a peer's outputs say should happen to it.
@@ -541,15 +545,49 @@ impl Shard {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { return };
-                    if !self.handle(msg) {
-                        return;
-                    }
+            let keep_going = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle_burst(msg, &mut rx),
+                    None => false,
+                },
+                _ = tick.tick() => {
+                    self.on_tick();
+                    true
                 }
-                _ = tick.tick() => self.on_tick(),
+            };
+            self.send_outbox();
+            if !keep_going {
+                return;
             }
+        }
+    }
+
+    /// Handles `first` and whatever else is already queued (up to a bound), so one batch of
+    /// sends covers them all.
+    fn handle_burst(&mut self, first: ShardMsg, rx: &mut mpsc::Receiver<ShardMsg>) -> bool {
+        const BURST: usize = 64;
+        if !self.handle(first) {
+            return false;
+        }
+        for _ in 0..BURST {
+            let Ok(msg) = rx.try_recv() else { break };
+            if !self.handle(msg) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn send_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let result = self.outbox.send(&self.shared.socket);
+        if result.dropped > 0 {
+            self.shared
+                .metrics
+                .udp_send_dropped
+                .inc_by(result.dropped as u64);
         }
     }
 
@@ -660,7 +698,7 @@ impl Shard {
                 && sub.connected
             {
                 forwarded += sub.write_media(&packet, now) as u64;
-                flush(&self.shared, self.index, sub);
+                flush(&self.shared, self.index, sub, &mut self.outbox);
             }
         }
         self.shared.metrics.rtp_packets_forwarded.inc_by(forwarded);
@@ -700,7 +738,7 @@ impl Shard {
         let Some(sub) = self.peers.get_mut(id) else {
             return;
         };
-        let verdict = flush(&self.shared, self.index, sub);
+        let verdict = flush(&self.shared, self.index, sub, &mut self.outbox);
         match verdict {
             Verdict::Keep => {}
             Verdict::JustConnected => {
@@ -713,7 +751,7 @@ impl Shard {
                     }
                     self.shared.metrics.rtp_packets_forwarded.inc_by(sent);
                 }
-                flush(&self.shared, self.index, sub);
+                flush(&self.shared, self.index, sub, &mut self.outbox);
             }
             Verdict::Reap(reason) => {
                 self.reap(id, reason);
@@ -731,7 +769,7 @@ impl Shard {
         }
         // close() queues DTLS close_notify so the client learns at once rather than by timeout.
         let _ = sub.pc.close();
-        flush(&self.shared, self.index, &mut sub);
+        flush(&self.shared, self.index, &mut sub, &mut self.outbox);
         self.shared.forget_session(id, &sub.ufrag, &sub.known_addrs);
         info!(session = %id, stream = sub.stream.0, reason, "subscriber closed");
         true
@@ -758,8 +796,8 @@ impl Subscriber {
     }
 }
 
-/// Sends what the peer queued, learns its addresses, and reports state changes.
-fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber) -> Verdict {
+/// Queues what the peer wants sent, learns its addresses, and reports state changes.
+fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Verdict {
     while let Some(out) = sub.pc.poll_write() {
         let dest = out.transport.peer_addr;
         if !sub.known_addrs.contains(&dest) {
@@ -772,15 +810,7 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber) -> Verdict {
                 },
             );
         }
-        match shared.socket.try_send_to(&out.message, dest) {
-            Ok(_) => {}
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    debug!(error = %e, %dest, "send failed");
-                }
-                shared.metrics.udp_send_dropped.inc();
-            }
-        }
+        outbox.push(dest, out.message);
     }
     while sub.pc.poll_read().is_some() {}
     let mut verdict = Verdict::Keep;

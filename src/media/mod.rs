@@ -6,6 +6,7 @@
 mod engine;
 mod factory;
 pub mod h264;
+mod outbox;
 mod peer;
 mod source;
 
