@@ -455,3 +455,22 @@ async fn a_viewer_that_vanishes_is_reaped() {
     .await;
     println!("silent viewer reaped after {:?}", gone_at.elapsed());
 }
+
+#[tokio::test]
+async fn cheap_viewer_counts_media_without_decrypting() {
+    let server = Server::start(&[Process::test_pattern("cam1")], &[]);
+    server.wait_live("cam1").await;
+    let viewer = subscribe(ViewerOptions {
+        inspect_media: false,
+        ..ViewerOptions::new(server.whep_url("cam1"))
+    })
+    .await
+    .unwrap();
+    let stats = viewer
+        .wait_for(|s| s.video_packets > 200 && s.audio_packets > 20, MEDIA)
+        .await
+        .expect("cheap viewer counts packets");
+    assert!(stats.opus_seen);
+    assert_eq!(stats.decrypted_packets, 0, "cheap mode does not decrypt");
+    viewer.close().await;
+}

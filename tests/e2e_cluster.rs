@@ -1,0 +1,773 @@
+//! End to end against a real control plane (etcd, kube-apiserver, controller-manager,
+//! scheduler, kwok fake nodes) started by `tests/cluster/up`: our CRD, the operator and the
+//! agent as processes, kubectl as a user would run it.
+//!
+//! Run with `scripts/test-cluster`, or by hand:
+//!   tests/cluster/up /tmp/c && source /tmp/c/env
+//!   cargo test --test e2e_cluster -- --test-threads=1
+//! Without a cluster (`WEBRTC_EGRESS_KUBECONFIG` / `WEBRTC_EGRESS_CLUSTER_DIR`) every test fails.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::{BIN, free_tcp_port, free_udp_port};
+use serde_json::Value;
+use webrtc_egress::client::{ViewerOptions, ViewerStats, subscribe};
+
+const CRD: &str = "webrtcegresses.webrtc.dragonfork.io";
+/// Generous: the machine is shared and the control plane is slow under load.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------------
+// Cluster access
+
+/// The kubeconfig of the test cluster; fails loudly when none is configured.
+fn kubeconfig() -> PathBuf {
+    if let Ok(path) = std::env::var("WEBRTC_EGRESS_KUBECONFIG") {
+        return PathBuf::from(path);
+    }
+    if let Ok(dir) = std::env::var("WEBRTC_EGRESS_CLUSTER_DIR") {
+        return PathBuf::from(dir).join("kubeconfig");
+    }
+    panic!(
+        "no test cluster: set WEBRTC_EGRESS_KUBECONFIG (or WEBRTC_EGRESS_CLUSTER_DIR). \
+         Run scripts/test-cluster, or `tests/cluster/up DIR && source DIR/env` first"
+    );
+}
+
+/// kubectl next to the cluster (DIR/bin), else the one on PATH.
+fn kubectl_bin() -> PathBuf {
+    let beside = kubeconfig().with_file_name("bin").join("kubectl");
+    if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
+fn kubectl_raw(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// Runs kubectl, panicking with its stderr when it fails; returns stdout.
+fn kubectl(args: &[&str]) -> String {
+    let out = kubectl_raw(args, None);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(&all)).expect("kubectl JSON")
+}
+
+/// The object as JSON, or None when it does not exist.
+fn get(ns: &str, kind: &str, name: &str) -> Option<Value> {
+    let out = kubectl_raw(
+        &["get", kind, name, "-n", ns, "-o", "json", "--ignore-not-found"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    (!text.trim().is_empty()).then(|| serde_json::from_str(&text).unwrap())
+}
+
+/// Polls `probe` every 250 ms until it yields a value or `timeout` passes (then panics).
+fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Installs `crds/` (server-side apply, as a user would) once per test binary.
+fn install_crds() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", dir]);
+        kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{CRD}"),
+            "--timeout=60s",
+        ]);
+    });
+}
+
+/// A fresh namespace per test, deleted (without waiting) when dropped.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(prefix: &str) -> Self {
+        install_crds();
+        let name = format!("e2e-{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        kubectl(&["create", "namespace", &name]);
+        Namespace(name)
+    }
+    fn apply(&self, yaml: &str) {
+        let out = kubectl_raw(&["apply", "-n", &self.0, "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        get(&self.0, kind, name)
+    }
+    /// Items of `kind` carrying the instance label of `name`.
+    fn children(&self, kind: &str, name: &str) -> Vec<Value> {
+        let list = kubectl_json(&[
+            "get",
+            kind,
+            "-n",
+            &self.0,
+            "-l",
+            &format!("app.kubernetes.io/instance={name}"),
+        ]);
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl_raw(&["delete", "namespace", &self.0, "--wait=false"], None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests
+
+/// A WebRTCEgress with lavfi test-pattern processes (video + Opus audio).
+fn egress(name: &str, udp_port: u16, ids: &[&str]) -> String {
+    let mut yaml = format!(
+        "apiVersion: webrtc.dragonfork.io/v1alpha1\nkind: WebRTCEgress\nmetadata:\n  name: {name}\n\
+         spec:\n  replicas: 1\n  webrtc:\n    udpPort: {udp_port}\n  processes:\n"
+    );
+    for id in ids {
+        yaml.push_str(&format!(
+            "    - id: {id}\n      inputs:\n\
+             \x20       - address: \"testsrc2=size=320x180:rate=15\"\n          options: [\"-re\", \"-f\", \"lavfi\"]\n\
+             \x20       - address: \"sine=frequency=440:sample_rate=48000\"\n          options: [\"-re\", \"-f\", \"lavfi\"]\n\
+             \x20     video: {{codec: h264}}\n      audio: {{codec: opus}}\n"
+        ));
+    }
+    yaml
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn stream_ids(obj: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = obj["status"]["streams"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["id"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Waits until the operator has observed the current generation, reports exactly `ids` as
+/// streams and Ready=True; returns the resource.
+fn wait_converged(ns: &Namespace, name: &str, ids: &[&str]) -> Value {
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    wait_for(CONVERGE, &format!("{name} converged on {ids:?}"), || {
+        let obj = ns.get("wegress", name)?;
+        let current = obj["status"]["observedGeneration"] == obj["metadata"]["generation"];
+        let ready = condition(&obj, "Ready").is_some_and(|c| c["status"] == "True");
+        (current && ready && stream_ids(&obj) == want).then_some(obj)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator and agent processes
+
+fn log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e_cluster");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `webrtc-egress` subcommand as a child process with the cluster's KUBECONFIG; output goes
+/// to a log file under target/tmp; SIGTERM (then SIGKILL) on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(label: &str, args: &[&str]) -> Proc {
+        let log = log_dir().join(format!("{label}-{}.log", rand::random::<u32>()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig())
+            .env("HOSTNAME", "e2e")
+            .env("RUST_LOG", "info,rtc=error,rtc_ice=error,kube=warn")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn webrtc-egress");
+        println!("{label}: pid {}, log {}", child.id(), log.display());
+        Proc { child, log }
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+    fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill_hard();
+    }
+}
+
+struct Operator {
+    proc: Proc,
+    http: String,
+}
+
+impl Operator {
+    /// An operator watching only `ns`; `lease` turns leader election on with that Lease name.
+    fn start(ns: &Namespace, lease: Option<&str>) -> Operator {
+        let port = free_tcp_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["operator", "--listen", &listen, "--namespace", &ns.0];
+        let lease_flags;
+        match lease {
+            Some(name) => {
+                lease_flags = [
+                    "--leader-election=true",
+                    "--lease-name",
+                    name,
+                    "--lease-namespace",
+                    &ns.0,
+                ];
+                args.extend(lease_flags);
+            }
+            None => args.push("--leader-election=false"),
+        }
+        let op = Operator {
+            proc: Proc::spawn("operator", &args),
+            http: format!("http://{listen}"),
+        };
+        let mut op = op;
+        wait_for(Duration::from_secs(30), "operator /healthz", || {
+            assert!(
+                op.proc.running(),
+                "operator exited:\n{}",
+                op.proc.log_tail()
+            );
+            http_get(&format!("{}/healthz", op.http)).filter(|(s, _)| *s == 200)
+        });
+        op
+    }
+    fn identity(&self) -> String {
+        format!("e2e-{}", self.proc.pid())
+    }
+    /// Sum of a metric's samples (all label sets) from /metrics.
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(&format!("{}/metrics", self.http)).expect("operator /metrics");
+        metric_sum(&body, name)
+    }
+}
+
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Blocking GET on loopback: (status, body), or None when the connection fails.
+fn http_get(url: &str) -> Option<(u16, String)> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            let status = resp.status().as_u16();
+            Some((status, resp.text().await.unwrap_or_default()))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+const WRITES: &str = "webrtc_egress_operator_writes_total";
+const RECONCILES: &str = "webrtc_egress_operator_reconciles_total";
+
+// ---------------------------------------------------------------------------------------------
+// Tests: API server schema
+
+#[test]
+fn crds_install_and_become_established() {
+    install_crds();
+    let crd = kubectl_json(&["get", "crd", CRD]);
+    let established = crd["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Established" && c["status"] == "True");
+    assert!(established, "{crd:#}");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "wegress");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    // The short name resolves through discovery, as users type it.
+    let ns = Namespace::new("crd");
+    kubectl(&["get", "wegress", "-n", &ns.0]);
+    // `crds/` is what `webrtc-egress crd` prints.
+    let printed = Command::new(BIN).arg("crd").output().unwrap();
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/webrtcegress.yaml"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), on_disk);
+}
+
+#[test]
+fn invalid_resources_are_refused_naming_the_field() {
+    let ns = Namespace::new("invalid");
+    let valid = egress("ok", 8189, &["cam1", "cam2"]);
+    // Baseline: the unmodified manifest is accepted (dry run), so each refusal below is
+    // caused by its one edit.
+    let out = kubectl_raw(
+        &["create", "--dry-run=server", "-n", &ns.0, "-f", "-"],
+        Some(&valid),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dup = valid.replace("id: cam2", "id: cam1");
+    let bad_nat = valid.replace(
+        "    udpPort: 8189\n",
+        "    udpPort: 8189\n    nat1To1IPs: [203.0.113.7, 300.1.1.1]\n",
+    );
+    let bad_public = valid.replace(
+        "    udpPort: 8189\n",
+        "    udpPort: 8189\n    publicIP: not-an-ip\n",
+    );
+    let port0 = valid.replace("udpPort: 8189", "udpPort: 0");
+    let port_big = valid.replace("udpPort: 8189", "udpPort: 70000");
+    let vp8 = valid.replacen("codec: h264", "codec: vp8", 1);
+    let no_inputs = {
+        let start = valid.find("      inputs:").unwrap();
+        let end = valid.find("      video:").unwrap();
+        format!("{}      inputs: []\n{}", &valid[..start], &valid[end..])
+    };
+    let bad_id = valid.replace("id: cam1", "id: Cam_1");
+    let cases: [(&str, &str, &[&str]); 8] = [
+        ("duplicate process ids", &dup, &["spec.processes[1]", "Duplicate value"]),
+        ("bad IP in nat1To1IPs", &bad_nat, &["spec.webrtc.nat1To1IPs[1]", "300.1.1.1 is not an IP address"]),
+        ("bad publicIP", &bad_public, &["spec.webrtc.publicIP", "not an IP address"]),
+        ("udpPort 0", &port0, &["spec.webrtc.udpPort"]),
+        ("udpPort 70000", &port_big, &["spec.webrtc.udpPort"]),
+        ("codec vp8", &vp8, &["spec.processes[0].video.codec", "vp8"]),
+        ("empty inputs", &no_inputs, &["spec.processes[0].inputs"]),
+        ("id Cam_1", &bad_id, &["spec.processes[0].id", "Cam_1"]),
+    ];
+    let mut failures = vec![];
+    for (what, yaml, needles) in cases {
+        let out = kubectl_raw(&["create", "-n", &ns.0, "-f", "-"], Some(yaml));
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{what}: {}", err.trim());
+        if out.status.success() {
+            failures.push(format!("{what}: accepted"));
+        } else if let Some(n) = needles.iter().find(|n| !err.contains(**n)) {
+            failures.push(format!("{what}: error lacks {n:?}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(ns.get("wegress", "ok").is_none(), "nothing was created");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: operator
+
+/// Children of `name`: ConfigMap, Deployment, Service, each owned (controller) by the resource.
+fn assert_owned_children(ns: &Namespace, name: &str, uid: &str) {
+    for (kind, child) in [
+        ("configmap", format!("{name}-streams")),
+        ("deployment", format!("{name}-egress")),
+        ("service", format!("{name}-egress")),
+    ] {
+        let obj = ns
+            .get(kind, &child)
+            .unwrap_or_else(|| panic!("{kind}/{child} missing"));
+        let owners = obj["metadata"]["ownerReferences"].as_array().unwrap();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o["uid"] == uid && o["controller"] == true && o["kind"] == "WebRTCEgress"),
+            "{kind}/{child} not controlled by the resource: {owners:?}"
+        );
+        let labels = &obj["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/instance"], name, "{kind}/{child}");
+        assert!(labels["app.kubernetes.io/name"].is_string(), "{kind}/{child}");
+        assert!(labels["app.kubernetes.io/managed-by"].is_string(), "{kind}/{child}");
+    }
+}
+
+#[test]
+fn operator_creates_owned_children_and_reports_status() {
+    let ns = Namespace::new("children");
+    let _op = Operator::start(&ns, None);
+    ns.apply(&egress("studio", 8189, &["cam1", "cam2"]));
+
+    // kwok runs the pod, so `kubectl wait` sees Ready as a user would.
+    kubectl(&[
+        "wait",
+        "-n",
+        &ns.0,
+        "--for=condition=Ready",
+        "wegress/studio",
+        "--timeout=90s",
+    ]);
+    let obj = wait_converged(&ns, "studio", &["cam1", "cam2"]);
+    let uid = obj["metadata"]["uid"].as_str().unwrap().to_owned();
+    assert_owned_children(&ns, "studio", &uid);
+
+    // Status: one stream per process with its WHEP path; every condition carries its own
+    // observedGeneration and a reason.
+    for s in obj["status"]["streams"].as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        assert_eq!(s["whepPath"], format!("/whep/{id}"), "{s}");
+        assert!(s["state"].is_string(), "{s}");
+    }
+    for c in obj["status"]["conditions"].as_array().unwrap() {
+        assert_eq!(c["observedGeneration"], obj["metadata"]["generation"], "{c}");
+        assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+    }
+    assert!(condition(&obj, "Reconciled").is_some() || condition(&obj, "Degraded").is_some());
+
+    // Printer columns.
+    let table = kubectl(&["get", "wegress", "-n", &ns.0]);
+    println!("{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STREAMS", "REPLICAS", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["studio", "True", "2", "1"], "{table}");
+
+    // Events are recorded against the resource.
+    let events = kubectl_json(&[
+        "get",
+        "events",
+        "-n",
+        &ns.0,
+        "--field-selector",
+        "involvedObject.name=studio",
+    ]);
+    assert!(
+        !events["items"].as_array().unwrap().is_empty(),
+        "no events for wegress/studio"
+    );
+}
+
+#[test]
+fn steady_resource_causes_no_writes() {
+    let ns = Namespace::new("steady");
+    let op = Operator::start(&ns, None);
+    ns.apply(&egress("quiet", 8189, &["cam1"]));
+    wait_converged(&ns, "quiet", &["cam1"]);
+    // Let readyReplicas and the like settle, then watch for a while.
+    std::thread::sleep(Duration::from_secs(5));
+    let before = (op.metric(WRITES), op.metric(RECONCILES));
+    std::thread::sleep(Duration::from_secs(20));
+    let after = (op.metric(WRITES), op.metric(RECONCILES));
+    println!("writes/reconciles before {before:?} after {after:?}");
+    assert_eq!(before.0, after.0, "a steady resource caused API writes");
+}
+
+#[test]
+fn process_edits_change_only_the_configmap() {
+    let ns = Namespace::new("edit");
+    let _op = Operator::start(&ns, None);
+    ns.apply(&egress("studio", 8189, &["cam1", "cam2"]));
+    wait_converged(&ns, "studio", &["cam1", "cam2"]);
+    let deploy = ns.get("deployment", "studio-egress").unwrap();
+    let generation = deploy["metadata"]["generation"].clone();
+    let template = deploy["spec"]["template"].clone();
+
+    // Remove cam2, add cam3.
+    ns.apply(&egress("studio", 8189, &["cam1", "cam3"]));
+    let obj = wait_converged(&ns, "studio", &["cam1", "cam3"]);
+    assert_eq!(obj["metadata"]["generation"], 2);
+    let cm = ns.get("configmap", "studio-streams").unwrap();
+    let keys: Vec<&String> = cm["data"].as_object().unwrap().keys().collect();
+    assert!(
+        keys.iter().any(|k| k.contains("cam3")) && !keys.iter().any(|k| k.contains("cam2")),
+        "ConfigMap keys {keys:?}"
+    );
+    let deploy = ns.get("deployment", "studio-egress").unwrap();
+    assert_eq!(
+        deploy["metadata"]["generation"], generation,
+        "a process edit rolled the Deployment"
+    );
+    assert_eq!(deploy["spec"]["template"], template);
+    assert_eq!(ns.children("replicaset", "studio").len(), 1);
+
+    // A pod-level setting does roll it.
+    ns.apply(&egress("studio", 8190, &["cam1", "cam3"]));
+    wait_converged(&ns, "studio", &["cam1", "cam3"]);
+    wait_for(CONVERGE, "Deployment rolled for udpPort", || {
+        let d = ns.get("deployment", "studio-egress")?;
+        (d["metadata"]["generation"] != generation).then_some(())
+    });
+}
+
+#[test]
+fn deleting_the_resource_garbage_collects_children() {
+    let ns = Namespace::new("gc");
+    let _op = Operator::start(&ns, None);
+    ns.apply(&egress("studio", 8189, &["cam1"]));
+    wait_converged(&ns, "studio", &["cam1"]);
+    wait_for(CONVERGE, "an egress pod", || {
+        (!ns.children("pod", "studio").is_empty()).then_some(())
+    });
+
+    kubectl(&["delete", "wegress", "studio", "-n", &ns.0, "--timeout=60s"]);
+    // The garbage collector (kube-controller-manager) removes everything owned, down to pods.
+    wait_for(CONVERGE, "children collected", || {
+        let left: Vec<String> = ["configmap", "deployment", "service", "replicaset", "pod"]
+            .iter()
+            .flat_map(|k| {
+                ns.children(k, "studio")
+                    .into_iter()
+                    .map(move |o| format!("{k}/{}", o["metadata"]["name"]))
+            })
+            .collect();
+        if !left.is_empty() {
+            println!("still present: {left:?}");
+        }
+        left.is_empty().then_some(())
+    });
+}
+
+#[test]
+fn operator_restart_converges_without_duplicates() {
+    let ns = Namespace::new("restart");
+    let mut op = Operator::start(&ns, None);
+    ns.apply(&egress("studio", 8189, &["cam1"]));
+    wait_converged(&ns, "studio", &["cam1"]);
+
+    // Killed without warning; the resource changes while no operator runs.
+    op.proc.kill_hard();
+    ns.apply(&egress("studio", 8189, &["cam1", "cam2"]));
+    let op = Operator::start(&ns, None);
+    wait_converged(&ns, "studio", &["cam1", "cam2"]);
+    for kind in ["configmap", "deployment", "service", "replicaset"] {
+        let items = ns.children(kind, "studio");
+        assert_eq!(items.len(), 1, "{kind}: {items:#?}");
+    }
+    assert!(op.metric(RECONCILES) >= 1.0);
+}
+
+#[test]
+fn leader_election_one_leads_and_the_other_takes_over() {
+    let ns = Namespace::new("leader");
+    let lease = "e2e-operator";
+    let a = Operator::start(&ns, Some(lease));
+    let b = Operator::start(&ns, Some(lease));
+    let holder = || -> Option<String> {
+        ns.get("lease", lease)?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let first = wait_for(CONVERGE, "a Lease holder", || {
+        holder().filter(|h| *h == a.identity() || *h == b.identity())
+    });
+    let (mut leader, standby) = if first == a.identity() { (a, b) } else { (b, a) };
+    println!("leader {first}, standby {}", standby.identity());
+
+    ns.apply(&egress("one", 8189, &["cam1"]));
+    wait_converged(&ns, "one", &["cam1"]);
+    assert_eq!(standby.metric(WRITES), 0.0, "the standby wrote to the API");
+    assert_eq!(holder().as_deref(), Some(first.as_str()));
+
+    // The leader dies without releasing the Lease: the standby takes over once it expires.
+    leader.proc.kill_hard();
+    let new = wait_for(CONVERGE, "the standby to take the Lease", || {
+        holder().filter(|h| *h == standby.identity())
+    });
+    println!("new leader {new}");
+    ns.apply(&egress("two", 8189, &["cam1", "cam2"]));
+    wait_converged(&ns, "two", &["cam1", "cam2"]);
+    assert!(standby.metric(WRITES) > 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: agent, the data plane fed through the API server
+
+fn has_av(s: &ViewerStats) -> bool {
+    s.idr_seen && s.opus_seen
+}
+
+async fn agent_streams(base: &str) -> Value {
+    match reqwest::get(format!("{base}/api/v1/streams")).await {
+        Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+async fn post_status(url: &str) -> Option<u16> {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/sdp")
+        .body("v=0\r\n")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_plays_processes_and_cuts_removed_ones() {
+    let ns = Namespace::new("agent");
+    let _op = Operator::start(&ns, None);
+    let udp = free_udp_port();
+    ns.apply(&egress("studio", udp, &["cam1", "cam2"]));
+    wait_converged(&ns, "studio", &["cam1", "cam2"]);
+
+    let http = free_tcp_port();
+    let listen = format!("127.0.0.1:{http}");
+    let mut agent = Proc::spawn(
+        "agent",
+        &[
+            "agent", "--namespace", &ns.0, "--name", "studio", "--listen", &listen,
+            "--udp-bind", "127.0.0.1",
+        ],
+    );
+    let base = format!("http://{listen}");
+    // Both processes live (FFmpeg up, RTP arriving) as read from the ConfigMap.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let streams = agent_streams(&base).await;
+        let live = |id: &str| {
+            streams["streams"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["id"] == id && s["live"] == true))
+        };
+        if live("cam1") && live("cam2") {
+            break;
+        }
+        assert!(agent.running(), "agent exited:\n{}", agent.log_tail());
+        assert!(Instant::now() < deadline, "streams never live: {streams}\n{}", agent.log_tail());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let cam1 = subscribe(ViewerOptions::new(format!("{base}/whep/cam1")))
+        .await
+        .expect("subscribe cam1");
+    let cam2 = subscribe(ViewerOptions::new(format!("{base}/whep/cam2")))
+        .await
+        .expect("subscribe cam2");
+    for v in [&cam1, &cam2] {
+        v.wait_for(has_av, Duration::from_secs(30))
+            .await
+            .expect("H.264 IDR and Opus");
+    }
+
+    // Remove cam2 from the resource: the operator rewrites the ConfigMap, the agent applies
+    // it live — cam2's subscriber is cut and its endpoint 404s; cam1 keeps playing.
+    let agent_pid = agent.pid();
+    ns.apply(&egress("studio", udp, &["cam1"]));
+    cam2.wait_for(|s| s.closed_by_server, Duration::from_secs(30))
+        .await
+        .expect("cam2 subscriber closed by the server");
+    let cam2_url = format!("{base}/whep/cam2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_status(&cam2_url).await != Some(404) {
+        assert!(Instant::now() < deadline, "POST /whep/cam2 never 404");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = cam1.stats().media_packets();
+    cam1.wait_for(|s| s.media_packets() > before + 50, Duration::from_secs(20))
+        .await
+        .expect("cam1 keeps playing");
+    assert!(!cam1.stats().closed_by_server);
+    assert!(agent.running() && agent.pid() == agent_pid, "agent restarted");
+    wait_converged(&ns, "studio", &["cam1"]);
+    cam1.close().await;
+}
