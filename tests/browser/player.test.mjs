@@ -72,7 +72,12 @@ before(async () => {
 
   // A second origin that embeds the player and talks WHEP to the egress server across origins.
   const page = await (await fetch(`${base}/play/cam1`)).text();
-  otherOrigin = createServer((req, res) => { res.setHeader("Content-Type", "text/html"); res.end(page); });
+  // `/later` is the same player for a process that does not exist yet.
+  const later = page.replaceAll("cam1", "later");
+  otherOrigin = createServer((req, res) => {
+    res.setHeader("Content-Type", "text/html");
+    res.end(req.url.startsWith("/later") ? later : page);
+  });
   await new Promise((ok) => otherOrigin.listen(0, "127.0.0.1", ok));
   otherBase = `http://127.0.0.1:${otherOrigin.address().port}`;
 
@@ -152,6 +157,19 @@ test("removing a process while it plays shows it ended without an error storm", 
   assert.ok(posts.length <= 3, `no retry storm: ${posts.length} POSTs`);
   assert.match(ended, /ended/);
   await page.screenshot({ path: join(shots, "ended.png") });
+  await context.close();
+  writeFileSync(manifestPath, manifest(udpPort, ["cam1", "cam2"]));
+});
+
+test("a player started before its stream exists keeps retrying and plays once it is added", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${otherBase}/later?server=${encodeURIComponent(base)}`);
+  await waitFor("a failed attempt", () => page.evaluate(() => window.whepStatus.attempts >= 2 && window.whepStatus.state === "waiting"));
+  writeFileSync(manifestPath, manifest(udpPort, ["cam1", "cam2", "later"]));
+  const result = await playing(page, 30);
+  console.log(`late stream: playing after ${result.attempts} attempts`);
+  assert.ok(result.attempts >= 2);
   await context.close();
   writeFileSync(manifestPath, manifest(udpPort, ["cam1", "cam2"]));
 });
