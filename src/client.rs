@@ -33,9 +33,7 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
@@ -564,18 +562,7 @@ fn opus_codec() -> RTCRtpCodecParameters {
 /// Adds our host candidate and ends gathering, so the offer carries the candidate and
 /// `a=end-of-candidates`: WHEP servers need not support trickle.
 fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<(), ClientError> {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    pc.add_local_candidate(crate::media::host_candidate(addr)?)?;
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(())
 }

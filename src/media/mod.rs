@@ -12,6 +12,7 @@ mod source;
 
 pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo, SubscribeError};
 pub use factory::{PeerFactoryConfig, translate};
+pub use peer::host_candidate;
 pub use source::Source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

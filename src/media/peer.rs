@@ -17,12 +17,15 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use std::net::SocketAddr;
 
 use super::TrackKind;
 use super::engine::SubscribeError;
@@ -190,22 +193,8 @@ pub fn answer(
     };
 
     for addr in config.candidate_addrs() {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(internal)?;
-        let init = RTCIceCandidate::from(&candidate)
-            .to_json()
+        pc.add_local_candidate(host_candidate(addr).map_err(internal)?)
             .map_err(internal)?;
-        pc.add_local_candidate(init).map_err(internal)?;
     }
 
     let answer = pc.create_answer(None).map_err(bad_offer)?;
@@ -223,6 +212,22 @@ pub fn answer(
         video,
         audio,
     })
+}
+
+/// A host candidate for `addr`: our advertised address in an answer, or a viewer's own.
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
 }
 
 /// Fills in the payload type the remote chose for `mime`, or None when it was not negotiated.
