@@ -102,7 +102,7 @@ Namespaces that get the agent ServiceAccount and RoleBinding: agent.namespaces p
 namespace, each once, sorted.
 */}}
 {{- define "webrtc-egress.agentNamespaces" -}}
-{{- $namespaces := .Values.agent.namespaces }}
+{{- $namespaces := .Values.agent.namespaces | default list }}
 {{- if .Values.operator.watchNamespace }}
 {{- $namespaces = append $namespaces .Values.operator.watchNamespace }}
 {{- end }}
