@@ -40,7 +40,7 @@ pub const DESIRED_HASH: &str = "webrtc.dragonfork.io/desired-hash";
 const CONTAINER: &str = "egress";
 const COMPONENT: &str = "egress";
 const APP_NAME: &str = "webrtc-egress";
-/// UID and GID of the distroless `nonroot` user.
+/// UID and GID of the image's non-root user (created in the Dockerfile).
 const NONROOT: i64 = 65532;
 
 /// Name of the ConfigMap with the stream entries of the resource `name`.

@@ -89,8 +89,8 @@ pub struct OperatorArgs {
     /// Image of the egress pods when a resource names none (`spec.pod.image`).
     #[arg(long, env = "WEBRTC_EGRESS_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
     pub agent_image: String,
-    /// ServiceAccount of the egress pods (it must be allowed to read WebRTCEgresses and
-    /// ConfigMaps in their namespace).
+    /// ServiceAccount of the egress pods (it must be allowed to read ConfigMaps in their
+    /// namespace, and to get Nodes for the hostNetwork address lookup).
     #[arg(long, default_value = "webrtc-egress-agent")]
     pub agent_service_account: String,
     /// Take a Lease before reconciling, so that only one of several replicas acts. On by
