@@ -94,7 +94,16 @@ fn kubectl_json(args: &[&str]) -> Value {
 /// The object as JSON, or None when it does not exist.
 fn get(ns: &str, kind: &str, name: &str) -> Option<Value> {
     let out = kubectl_raw(
-        &["get", kind, name, "-n", ns, "-o", "json", "--ignore-not-found"],
+        &[
+            "get",
+            kind,
+            name,
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "--ignore-not-found",
+        ],
         None,
     );
     assert!(
@@ -141,6 +150,15 @@ impl Namespace {
         install_crds();
         let name = format!("e2e-{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         kubectl(&["create", "namespace", &name]);
+        // The egress pods run as this ServiceAccount, which the chart creates per namespace
+        // (`agent.serviceAccount`); without it the ReplicaSet cannot create pods.
+        kubectl(&[
+            "create",
+            "serviceaccount",
+            "webrtc-egress-agent",
+            "-n",
+            &name,
+        ]);
         Namespace(name)
     }
     fn apply(&self, yaml: &str) {
@@ -397,9 +415,11 @@ fn crds_install_and_become_established() {
     kubectl(&["get", "wegress", "-n", &ns.0]);
     // `crds/` is what `webrtc-egress crd` prints.
     let printed = Command::new(BIN).arg("crd").output().unwrap();
-    let on_disk =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/webrtcegress.yaml"))
-            .unwrap();
+    let on_disk = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/webrtcegress.yaml"
+    ))
+    .unwrap();
     assert_eq!(String::from_utf8_lossy(&printed.stdout), on_disk);
 }
 
@@ -438,9 +458,24 @@ fn invalid_resources_are_refused_naming_the_field() {
     };
     let bad_id = valid.replace("id: cam1", "id: Cam_1");
     let cases: [(&str, &str, &[&str]); 8] = [
-        ("duplicate process ids", &dup, &["spec.processes[1]", "Duplicate value"]),
-        ("bad IP in nat1To1IPs", &bad_nat, &["spec.webrtc.nat1To1IPs[1]", "300.1.1.1 is not an IP address"]),
-        ("bad publicIP", &bad_public, &["spec.webrtc.publicIP", "not an IP address"]),
+        (
+            "duplicate process ids",
+            &dup,
+            &["spec.processes[1]", "Duplicate value"],
+        ),
+        (
+            "bad IP in nat1To1IPs",
+            &bad_nat,
+            &[
+                "spec.webrtc.nat1To1IPs[1]",
+                "300.1.1.1 is not an IP address",
+            ],
+        ),
+        (
+            "bad publicIP",
+            &bad_public,
+            &["spec.webrtc.publicIP", "not an IP address"],
+        ),
         ("udpPort 0", &port0, &["spec.webrtc.udpPort"]),
         ("udpPort 70000", &port_big, &["spec.webrtc.udpPort"]),
         ("codec vp8", &vp8, &["spec.processes[0].video.codec", "vp8"]),
@@ -484,8 +519,14 @@ fn assert_owned_children(ns: &Namespace, name: &str, uid: &str) {
         );
         let labels = &obj["metadata"]["labels"];
         assert_eq!(labels["app.kubernetes.io/instance"], name, "{kind}/{child}");
-        assert!(labels["app.kubernetes.io/name"].is_string(), "{kind}/{child}");
-        assert!(labels["app.kubernetes.io/managed-by"].is_string(), "{kind}/{child}");
+        assert!(
+            labels["app.kubernetes.io/name"].is_string(),
+            "{kind}/{child}"
+        );
+        assert!(
+            labels["app.kubernetes.io/managed-by"].is_string(),
+            "{kind}/{child}"
+        );
     }
 }
 
@@ -516,7 +557,10 @@ fn operator_creates_owned_children_and_reports_status() {
         assert!(s["state"].is_string(), "{s}");
     }
     for c in obj["status"]["conditions"].as_array().unwrap() {
-        assert_eq!(c["observedGeneration"], obj["metadata"]["generation"], "{c}");
+        assert_eq!(
+            c["observedGeneration"], obj["metadata"]["generation"],
+            "{c}"
+        );
         assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
     }
     assert!(condition(&obj, "Reconciled").is_some() || condition(&obj, "Degraded").is_some());
@@ -525,7 +569,11 @@ fn operator_creates_owned_children_and_reports_status() {
     let table = kubectl(&["get", "wegress", "-n", &ns.0]);
     println!("{table}");
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "STREAMS", "REPLICAS", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STREAMS", "REPLICAS", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..4], ["studio", "True", "2", "1"], "{table}");
 
@@ -657,7 +705,11 @@ fn leader_election_one_leads_and_the_other_takes_over() {
     let first = wait_for(CONVERGE, "a Lease holder", || {
         holder().filter(|h| *h == a.identity() || *h == b.identity())
     });
-    let (mut leader, standby) = if first == a.identity() { (a, b) } else { (b, a) };
+    let (mut leader, standby) = if first == a.identity() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     println!("leader {first}, standby {}", standby.identity());
 
     ns.apply(&egress("one", 8189, &["cam1"]));
@@ -715,8 +767,15 @@ async fn agent_plays_processes_and_cuts_removed_ones() {
     let mut agent = Proc::spawn(
         "agent",
         &[
-            "agent", "--namespace", &ns.0, "--name", "studio", "--listen", &listen,
-            "--udp-bind", "127.0.0.1",
+            "agent",
+            "--namespace",
+            &ns.0,
+            "--name",
+            "studio",
+            "--listen",
+            &listen,
+            "--udp-bind",
+            "127.0.0.1",
         ],
     );
     let base = format!("http://{listen}");
@@ -733,7 +792,11 @@ async fn agent_plays_processes_and_cuts_removed_ones() {
             break;
         }
         assert!(agent.running(), "agent exited:\n{}", agent.log_tail());
-        assert!(Instant::now() < deadline, "streams never live: {streams}\n{}", agent.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "streams never live: {streams}\n{}",
+            agent.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
@@ -767,7 +830,81 @@ async fn agent_plays_processes_and_cuts_removed_ones() {
         .await
         .expect("cam1 keeps playing");
     assert!(!cam1.stats().closed_by_server);
-    assert!(agent.running() && agent.pid() == agent_pid, "agent restarted");
+    assert!(
+        agent.running() && agent.pid() == agent_pid,
+        "agent restarted"
+    );
     wait_converged(&ns, "studio", &["cam1"]);
     cam1.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale check: a benchmark that prints figures, not a pass/fail test of speed.
+//   scripts/test-cluster scale_500 --ignored --nocapture
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "benchmark: run explicitly with --ignored"]
+fn scale_500_resources_benchmark() {
+    const N: usize = 500;
+    let ns = Namespace::new("scale");
+    let op = Operator::start(&ns, None);
+    let manifests: String = (0..N)
+        .map(|i| {
+            format!(
+                "---\n{}",
+                egress(&format!("s{i:03}"), 8189, &["cam1", "cam2"])
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    ns.apply(&manifests);
+    let applied = t0.elapsed();
+    let ready = || {
+        let list = kubectl_json(&["get", "wegress", "-n", &ns.0]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| {
+                o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                    && condition(o, "Ready").is_some_and(|c| c["status"] == "True")
+            })
+            .count()
+    };
+    wait_for(Duration::from_secs(1200), "all resources Ready", || {
+        let n = ready();
+        println!("{:>6.1}s  {n}/{N} Ready", t0.elapsed().as_secs_f64());
+        (n == N).then_some(())
+        // (polling every 250 ms plus the list itself)
+    });
+    let all_ready = t0.elapsed();
+    let (reconciles, writes) = (op.metric(RECONCILES), op.metric(WRITES));
+    std::thread::sleep(Duration::from_secs(60));
+    let (reconciles_q, writes_q) = (op.metric(RECONCILES), op.metric(WRITES));
+    println!("--- scale: {N} WebRTCEgress objects (2 processes each), kwok pods");
+    println!("apply of all {N}: {applied:?}; all Ready after {all_ready:?}");
+    println!(
+        "reconciles: {reconciles} ({:.2}/object); API writes: {writes} ({:.2}/object)",
+        reconciles / N as f64,
+        writes / N as f64
+    );
+    println!(
+        "operator peak RSS (VmHWM): {} MiB",
+        vm_hwm_kib(op.proc.pid()) / 1024
+    );
+    println!(
+        "quiet minute: {} writes, {} reconciles",
+        writes_q - writes,
+        reconciles_q - reconciles
+    );
+    assert_eq!(writes_q, writes, "writes during the quiet minute");
 }
