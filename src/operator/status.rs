@@ -73,6 +73,14 @@ pub fn desired_status(
         let message = format!("{ready_replicas}/{needed} pods ready");
         if ready_replicas >= needed {
             condition(READY, true, "PodsReady", message)
+        } else if let Some(failure) = observed.deployment.and_then(replica_failure) {
+            // Pods that cannot even be created (a missing ServiceAccount, a quota): say why.
+            condition(
+                READY,
+                false,
+                "ReplicaFailure",
+                format!("{message}: {failure}"),
+            )
         } else {
             condition(READY, false, "PodsNotReady", message)
         }
@@ -115,6 +123,24 @@ pub fn desired_status(
         ready_replicas: observed.deployment.map(|_| ready_replicas),
         advertised_ips: observed.webrtc.map(advertised_ips).unwrap_or_default(),
     }
+}
+
+/// The message of the Deployment's `ReplicaFailure=True` condition, if it has one.
+fn replica_failure(deployment: &Deployment) -> Option<String> {
+    deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True")
+        })
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "pods cannot be created".into())
+        })
 }
 
 /// The addresses peers are told: NAT 1:1 IPs win over the public IP. Empty when the pods find
@@ -184,6 +210,34 @@ mod tests {
         let status = desired_status(&egress, &observed, at(1000));
         assert_eq!(find(&status, READY).status, "True");
         assert!(status.streams.iter().all(|s| s.state == "Serving"));
+    }
+
+    #[test]
+    fn pods_that_cannot_be_created_say_why() {
+        let egress = egress("studio", &["cam1"]);
+        let mut stuck = deployment_with_ready(0);
+        stuck.status.get_or_insert_default().conditions =
+            Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                message: Some("serviceaccount \"webrtc-egress-agent\" not found".into()),
+                ..Default::default()
+            }]);
+        let observed = Observed {
+            deployment: Some(&stuck),
+            ..Default::default()
+        };
+        let ready = desired_status(&egress, &observed, at(1000))
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert_eq!(ready.reason, "ReplicaFailure");
+        assert!(
+            ready.message.contains("webrtc-egress-agent"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
