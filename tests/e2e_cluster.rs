@@ -296,15 +296,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill_hard();
+        common::stop_gracefully(&mut self.child);
     }
 }
 

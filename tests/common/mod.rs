@@ -149,19 +149,25 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// SIGTERM first, so the server closes its sessions and stops FFmpeg itself.
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_gracefully(&mut self.child);
     }
+}
+
+/// SIGTERM first, so the process closes its sessions and stops its FFmpegs itself; SIGKILL
+/// if it has not exited after 10 s.
+pub fn stop_gracefully(child: &mut Child) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Polls `probe` until it yields a value, failing the test with `what` after `timeout`.
