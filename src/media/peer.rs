@@ -35,6 +35,12 @@ use super::factory::PeerFactoryConfig;
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a baseline profile";
+/// Our connectivity checks are paced at 50 ms instead of the core's 200 ms. A viewer's
+/// nominating check that arrives before our own check on that pair succeeded gets no answer
+/// (the core only pings back), so the pace of our checks bounds join time: p95 208 → 57 ms at
+/// 100 viewers. 28 attempts keep the core's 1.4 s window.
+const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+const ICE_CHECK_ATTEMPTS: u16 = 28;
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 /// Our sending leg of one track: the SSRC and the payload type this subscriber negotiated.
@@ -144,6 +150,7 @@ pub fn answer(
     let (media_engine, registry) = media_engine()?;
     let settings = SettingEngineBuilder::new()
         .with_ice_credentials(local_ufrag.clone(), random_token(32))
+        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_CHECK_ATTEMPTS))
         .build();
     let now = Instant::now();
     let mut pc = RTCPeerConnectionBuilder::new()
