@@ -248,14 +248,11 @@ impl Subsystem {
     /// Stops one process: the teardown hook runs while the stream is still registered and its
     /// Sources open, so the WHEP side can close its peers before anything feeding them goes away.
     pub async fn stop_process(&self, id: &str) -> bool {
-        let hook = self.teardown.lock().unwrap().clone();
         let key = match self.streams.lock().unwrap().get(id) {
             Some(stream) => stream.key,
             None => return false,
         };
-        if let Some(hook) = hook {
-            hook(id.to_owned(), key).await;
-        }
+        self.fire_teardown(id, key).await;
         let removed = {
             let mut streams = self.streams.lock().unwrap();
             match streams.get(id) {
@@ -271,11 +268,16 @@ impl Subsystem {
     }
 
     async fn teardown_and_close(&self, stream: Stream) {
+        self.fire_teardown(&stream.spec.id, stream.key).await;
+        close_stream(stream).await;
+    }
+
+    /// Runs the installed hook, if any, outside the streams lock (it may call `lookup`).
+    async fn fire_teardown(&self, id: &str, key: StreamKey) {
         let hook = self.teardown.lock().unwrap().clone();
         if let Some(hook) = hook {
-            hook(stream.spec.id.clone(), stream.key).await;
+            hook(id.to_owned(), key).await;
         }
-        close_stream(stream).await;
     }
 
     /// Tears down every stream; afterwards lookups find nothing and starts are refused.

@@ -250,6 +250,15 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    /// One entry of the `studio-streams` ConfigMap as the fake API holds it.
+    fn streams_entry(fake: &FakeApi, key: &str) -> String {
+        fake.get(&FakeApi::configmap_path("studio-streams"))
+            .unwrap()["data"][key]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
     use crate::crd::ServiceType;
     use crate::operator::fixtures::{FakeApi, egress, process, test_context};
 
@@ -410,15 +419,7 @@ mod tests {
         fake.clear_log();
         run(&egress, &ctx).await.unwrap();
         assert_eq!(fake.write_summary(), [CONFIGMAP, "event Updated", STATUS]);
-        let data = &fake
-            .get(&FakeApi::configmap_path("studio-streams"))
-            .unwrap()["data"];
-        assert!(
-            data["process.cam2.yaml"]
-                .as_str()
-                .unwrap()
-                .contains("id: cam2")
-        );
+        assert!(streams_entry(&fake, "process.cam2.yaml").contains("id: cam2"));
         assert_eq!(pod_template(&fake), template_before, "pods keep running");
         let status = fake.last_status().unwrap();
         assert_eq!(status["observedGeneration"], 2);
@@ -480,15 +481,7 @@ mod tests {
         run(&egress, &ctx).await.unwrap();
         // The pods learn the address through their entries, live: nothing rolls.
         assert_eq!(fake.write_summary(), [CONFIGMAP, "event Updated", STATUS]);
-        let data = &fake
-            .get(&FakeApi::configmap_path("studio-streams"))
-            .unwrap()["data"];
-        assert!(
-            data["webrtc.yaml"]
-                .as_str()
-                .unwrap()
-                .contains("198.51.100.7")
-        );
+        assert!(streams_entry(&fake, "webrtc.yaml").contains("198.51.100.7"));
         assert_eq!(
             fake.last_status().unwrap()["advertisedIPs"],
             serde_json::json!(["198.51.100.7"])
