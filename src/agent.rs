@@ -10,9 +10,8 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::crd::WebRTCEgressSpec;
 use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
-use crate::operator::children::{spec_from_configmap_data, streams_configmap_name};
+use crate::entries::{self, StreamEntries};
 
 /// Seconds a terminating pod stays up, not ready, before closing its sessions.
 const AGENT_DRAIN_SECONDS: u64 = 5;
@@ -32,7 +31,7 @@ pub struct AgentArgs {
 pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
-    let name = streams_configmap_name(&args.name);
+    let name = entries::configmap_name(&args.name);
     let (tx, mut specs) = mpsc::channel(8);
     tokio::spawn(watch_stream_entries(configmaps, name.clone(), tx));
     info!(configmap = %name, namespace = %args.namespace, "waiting for stream entries");
@@ -55,22 +54,18 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// Sends the spec rebuilt from the ConfigMap on every change; a deleted ConfigMap means no
+/// Sends the entries read from the ConfigMap on every change; a deleted ConfigMap means no
 /// processes (the resource is going away). Entries that do not parse are logged and skipped,
 /// leaving what runs untouched.
-async fn watch_stream_entries(
-    api: Api<ConfigMap>,
-    name: String,
-    tx: mpsc::Sender<WebRTCEgressSpec>,
-) {
+async fn watch_stream_entries(api: Api<ConfigMap>, name: String, tx: mpsc::Sender<StreamEntries>) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api, config).boxed();
-    let mut last: Option<WebRTCEgressSpec> = None;
+    let mut last: Option<StreamEntries> = None;
     while let Some(event) = events.next().await {
         let next = match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
-                match spec_from_configmap_data(&cm.data.unwrap_or_default()) {
-                    Ok(spec) => spec,
+                match StreamEntries::decode(&cm.data.unwrap_or_default()) {
+                    Ok(entries) => entries,
                     Err(e) => {
                         warn!(configmap = %name, "stream entries refused, keeping what runs: {e}");
                         continue;
@@ -78,9 +73,9 @@ async fn watch_stream_entries(
                 }
             }
             Ok(Event::Delete(_)) => match &last {
-                Some(spec) => WebRTCEgressSpec {
+                Some(entries) => StreamEntries {
                     processes: Vec::new(),
-                    ..spec.clone()
+                    ..entries.clone()
                 },
                 None => continue,
             },

@@ -8,6 +8,7 @@ use tracing::{error, info, warn};
 
 use webrtc_egress::crd::{WebRTCEgressSpec, load_manifest};
 use webrtc_egress::dataplane::{self, DataPlaneArgs, SpecFeed};
+use webrtc_egress::entries::StreamEntries;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -26,7 +27,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     dataplane::run(
         args.data_plane.clone(),
         SpecFeed {
-            initial: manifest.spec,
+            initial: StreamEntries::of_spec(&manifest.spec),
             updates,
             fallback_ips: dataplane::interface_ips(args.data_plane.udp_bind),
         },
@@ -39,7 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn watch_manifest(
     path: PathBuf,
     mut current: WebRTCEgressSpec,
-    updates: mpsc::Sender<WebRTCEgressSpec>,
+    updates: mpsc::Sender<StreamEntries>,
 ) {
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -63,7 +64,11 @@ async fn watch_manifest(
                 }
                 info!(file = %path.display(), "manifest edited");
                 current = next.spec.clone();
-                if updates.send(next.spec).await.is_err() {
+                if updates
+                    .send(StreamEntries::of_spec(&next.spec))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -34,7 +34,7 @@ fn checked_in_crd_matches_the_types() {
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "{} is out of date with src/crd.rs; regenerate it with \
+        "{} is out of date with src/crd/; regenerate it with \
          `UPDATE_CRDS=1 cargo test --test crd` and commit the result",
         path.display()
     );

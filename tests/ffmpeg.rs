@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
-use webrtc_egress::ffmpeg::{
+use webrtc_egress::dataplane::ffmpeg::{
     AudioOpts, FfmpegError, Input, ProcessMedia, ProcessState, ProcessStatus, RtpTargets,
     Supervisor, SupervisorConfig, VideoMode, build_args, check_ffmpeg,
 };
@@ -369,8 +369,8 @@ async fn passthrough_of_flv_h264_carries_sps_and_idr() {
 #[tokio::test]
 async fn exiting_child_is_restarted_with_backoff_then_failed() {
     let mut cfg = config("sh", &["-c", "echo boom >&2; exit 3"], "crashy");
-    cfg.backoff_initial = Duration::from_millis(100);
-    cfg.backoff_max = Duration::from_millis(400);
+    cfg.restart.initial = Duration::from_millis(100);
+    cfg.restart.max = Duration::from_millis(400);
     let started = Instant::now();
     let sup = Supervisor::spawn(cfg);
     let mut rx = sup.status();
@@ -408,7 +408,7 @@ async fn exiting_child_is_restarted_with_backoff_then_failed() {
 #[tokio::test]
 async fn mark_running_moves_starting_to_running_only_with_a_child() {
     let mut cfg = config("sh", &["-c", "sleep 1; echo bye >&2; exit 1"], "marked");
-    cfg.backoff_initial = Duration::from_secs(600);
+    cfg.restart.initial = Duration::from_secs(600);
     let sup = Supervisor::spawn(cfg);
     let mut rx = sup.status();
     let s = wait_status(&mut rx, "pid", |s| s.pid.is_some()).await;
@@ -458,8 +458,8 @@ async fn dropping_the_supervisor_kills_the_child() {
 #[tokio::test]
 async fn missing_binary_is_failed_and_retried() {
     let mut cfg = config("/nonexistent/ffmpeg", &["-version"], "nobin");
-    cfg.backoff_initial = Duration::from_millis(20);
-    cfg.backoff_max = Duration::from_millis(50);
+    cfg.restart.initial = Duration::from_millis(20);
+    cfg.restart.max = Duration::from_millis(50);
     let sup = Supervisor::spawn(cfg);
     let mut rx = sup.status();
     let s = wait_status(&mut rx, "Failed", |s| s.state == ProcessState::Failed).await;

@@ -1,5 +1,4 @@
-//! The objects a `WebRTCEgress` owns, as pure functions of the resource, plus the format of the
-//! stream entries that the agent in each pod reads back.
+//! The objects a `WebRTCEgress` owns, as pure functions of the resource.
 //!
 //! For a resource `N`: ConfigMap `N-streams` (stream entries), Deployment `N-egress` (the pods)
 //! and Service `N-egress` (WHEP over TCP, media over UDP).
@@ -22,12 +21,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
 use super::{Error, FIELD_MANAGER};
-use crate::crd::{
-    ProcessSpec, ServiceType, WebRTCEgress, WebRTCEgressSpec, WebRtcSettings, validate,
-};
+use crate::crd::{ServiceType, WebRTCEgress, WebRTCEgressSpec, WebRtcSettings};
+use crate::entries::{self, StreamEntries};
 
-/// ConfigMap key holding the effective `spec.webrtc` (YAML).
-pub const WEBRTC_KEY: &str = "webrtc.yaml";
 /// Port of WHEP, the player, health and metrics in every egress pod.
 pub const HTTP_PORT: u16 = 8080;
 /// Marks the pod template with the pod-level settings it was built from.
@@ -43,56 +39,9 @@ const APP_NAME: &str = "webrtc-egress";
 /// UID and GID of the image's non-root user (created in the Dockerfile).
 const NONROOT: i64 = 65532;
 
-/// Name of the ConfigMap with the stream entries of the resource `name`.
-pub fn streams_configmap_name(name: &str) -> String {
-    format!("{name}-streams")
-}
-
 /// Name of the Deployment and of the Service of the resource `name`.
 pub fn workload_name(name: &str) -> String {
     format!("{name}-egress")
-}
-
-/// ConfigMap key of one process (YAML of its `ProcessSpec`). One key per process, so that
-/// adding or removing a process touches only its own entry.
-pub fn process_key(id: &str) -> String {
-    format!("process.{id}.yaml")
-}
-
-/// Rebuilds the spec the agent serves from the stream entries: `webrtc` and the processes,
-/// sorted by id. Pod-level fields (replicas, auth, pod) are not in the entries and keep their
-/// defaults. Keys other than ours are ignored, so that newer operators may add some.
-pub fn spec_from_configmap_data(
-    data: &BTreeMap<String, String>,
-) -> Result<WebRTCEgressSpec, String> {
-    let webrtc = data
-        .get(WEBRTC_KEY)
-        .ok_or_else(|| format!("no {WEBRTC_KEY} entry"))?;
-    let webrtc: WebRtcSettings =
-        serde_yaml::from_str(webrtc).map_err(|e| format!("{WEBRTC_KEY}: {e}"))?;
-    let mut processes = Vec::new();
-    for (key, value) in data {
-        let Some(id) = key
-            .strip_prefix("process.")
-            .and_then(|rest| rest.strip_suffix(".yaml"))
-        else {
-            continue;
-        };
-        let process: ProcessSpec =
-            serde_yaml::from_str(value).map_err(|e| format!("{key}: {e}"))?;
-        if process.id != id {
-            return Err(format!("{key}: holds process {:?}", process.id));
-        }
-        processes.push(process);
-    }
-    processes.sort_by(|a, b| a.id.cmp(&b.id));
-    let spec = WebRTCEgressSpec {
-        webrtc,
-        processes,
-        ..Default::default()
-    };
-    validate(&spec).map_err(|e| e.to_string())?;
-    Ok(spec)
 }
 
 /// Operator-wide settings of the egress pods.
@@ -157,12 +106,9 @@ pub fn load_balancer_ips(service: &Service) -> Vec<String> {
 
 /// ConfigMap `N-streams`: the effective WebRTC settings and one entry per process.
 pub fn configmap(egress: &WebRTCEgress, webrtc: &WebRtcSettings) -> Result<ConfigMap, Error> {
-    let mut data = BTreeMap::from([(WEBRTC_KEY.to_owned(), serde_yaml::to_string(webrtc)?)]);
-    for process in &egress.spec.processes {
-        data.insert(process_key(&process.id), serde_yaml::to_string(process)?);
-    }
+    let data = StreamEntries::new(webrtc.clone(), &egress.spec.processes).encode()?;
     Ok(with_desired_hash(ConfigMap {
-        metadata: metadata(egress, streams_configmap_name(&egress.name_any()))?,
+        metadata: metadata(egress, entries::configmap_name(&egress.name_any()))?,
         data: Some(data),
         ..Default::default()
     }))
@@ -471,9 +417,7 @@ mod tests {
 
     #[test]
     fn names_are_derived_from_the_resource() {
-        assert_eq!(streams_configmap_name("studio"), "studio-streams");
         assert_eq!(workload_name("studio"), "studio-egress");
-        assert_eq!(process_key("cam1"), "process.cam1.yaml");
     }
 
     #[test]
@@ -523,69 +467,13 @@ mod tests {
     }
 
     #[test]
-    fn configmap_round_trips_through_spec_from_configmap_data() {
+    fn configmap_holds_the_stream_entries() {
         let mut egress = egress("studio", &["cam2", "cam1"]);
         egress.spec.webrtc.udp_port = 9000;
         let webrtc = effective_webrtc(&egress.spec, &[]);
         let data = configmap(&egress, &webrtc).unwrap().data.unwrap();
-        let keys: Vec<_> = data.keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            ["process.cam1.yaml", "process.cam2.yaml", "webrtc.yaml"]
-        );
-        assert!(data["webrtc.yaml"].contains("udpPort: 9000"));
-        let spec = spec_from_configmap_data(&data).unwrap();
-        assert_eq!(spec.webrtc, egress.spec.webrtc);
-        let ids: Vec<_> = spec.processes.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["cam1", "cam2"]);
-        assert_eq!(spec.processes[1], egress.spec.processes[0]);
-    }
-
-    #[test]
-    fn spec_from_configmap_data_rejects_broken_entries() {
-        let egress = egress("studio", &["cam1"]);
-        let webrtc = effective_webrtc(&egress.spec, &[]);
-        let good = configmap(&egress, &webrtc).unwrap().data.unwrap();
-
-        let mut data = good.clone();
-        data.remove(WEBRTC_KEY);
-        assert_eq!(
-            spec_from_configmap_data(&data).unwrap_err(),
-            "no webrtc.yaml entry"
-        );
-
-        let mut data = good.clone();
-        data.insert(
-            "process.other.yaml".into(),
-            good["process.cam1.yaml"].clone(),
-        );
-        assert_eq!(
-            spec_from_configmap_data(&data).unwrap_err(),
-            r#"process.other.yaml: holds process "cam1""#
-        );
-
-        let mut data = good.clone();
-        data.insert("process.x.yaml".into(), "id: [".into());
-        assert!(
-            spec_from_configmap_data(&data)
-                .unwrap_err()
-                .starts_with("process.x.yaml: ")
-        );
-
-        let mut data = good.clone();
-        data.insert(WEBRTC_KEY.into(), "udpPort: 0\n".into());
-        assert!(
-            spec_from_configmap_data(&data)
-                .unwrap_err()
-                .contains("spec.webrtc.udpPort")
-        );
-
-        let mut data = good;
-        data.insert("future.yaml".into(), "anything".into());
-        assert!(
-            spec_from_configmap_data(&data).is_ok(),
-            "unknown keys are ignored"
-        );
+        let entries = StreamEntries::decode(&data).unwrap();
+        assert_eq!(entries, StreamEntries::of_spec(&egress.spec));
     }
 
     #[test]

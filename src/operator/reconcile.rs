@@ -181,7 +181,7 @@ async fn apply_children(
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let name = egress.name_any();
     let workload = children::workload_name(&name);
-    let streams = children::streams_configmap_name(&name);
+    let streams = crate::entries::configmap_name(&name);
     let (service, configmap, deployment) = tokio::try_join!(
         get(&services, &workload),
         get(&configmaps, &streams),

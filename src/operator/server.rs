@@ -1,41 +1,31 @@
 //! `/healthz`, `/readyz` and `/metrics` of the operator.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use super::Metrics;
+use crate::health::{self, RenderMetrics};
 
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
 }
 
-fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, ready })
-}
-
-/// Serves until `shutdown`.
+/// Serves until `shutdown`. Ready once reconciling or standing by for leadership; not while
+/// waiting for the CRD.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let result = axum::serve(listener, router(metrics, ready))
+    let app: axum::Router = health::routes(metrics, ready);
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(error) = result {
@@ -43,28 +33,10 @@ pub async fn serve(
     }
 }
 
-/// Ready once reconciling or standing by for leadership; not while waiting for the CRD.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     async fn get_text(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();

@@ -1,6 +1,6 @@
 //! The HTML the binary serves itself: a stream index and a WHEP player (no CDN, no build step).
 
-use crate::subsystem::StreamInfo;
+use crate::dataplane::subsystem::StreamInfo;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

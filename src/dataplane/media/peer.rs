@@ -22,18 +22,14 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use std::net::SocketAddr;
 
-use super::TrackKind;
-use super::engine::SubscribeError;
+use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
 use super::factory::PeerFactoryConfig;
+use super::{SubscribeError, TrackKind};
 
-/// Constrained baseline: what Chromium decodes over WebRTC, and what FFmpeg is told to produce.
-pub const H264_FMTP: &str =
-    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a baseline profile";
 /// Our connectivity checks are paced at 50 ms instead of the core's 200 ms. A viewer's
 /// nominating check that arrives before our own check on that pair succeeded gets no answer
@@ -41,7 +37,6 @@ const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a 
 /// 100 viewers. 28 attempts keep the core's 1.4 s window.
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 const ICE_CHECK_ATTEMPTS: u16 = 28;
-const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
 /// Our sending leg of one track: the SSRC and the payload type this subscriber negotiated.
 #[derive(Clone, Copy, Debug)]
@@ -59,35 +54,16 @@ pub struct Answered {
     pub audio: Option<TrackOut>,
 }
 
-fn codec(kind: TrackKind) -> RTCRtpCodec {
-    match kind {
-        TrackKind::Video => RTCRtpCodec {
-            mime_type: MIME_TYPE_H264.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: H264_FMTP.to_owned(),
-            rtcp_feedback: vec![],
-        },
-        TrackKind::Audio => RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: OPUS_FMTP.to_owned(),
-            rtcp_feedback: vec![],
-        },
-    }
-}
-
 fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
     let mut engine = MediaEngine::default();
     for (kind, rtp_kind, pt) in [
-        (TrackKind::Video, RtpCodecKind::Video, 102),
-        (TrackKind::Audio, RtpCodecKind::Audio, 111),
+        (TrackKind::Video, RtpCodecKind::Video, H264_PT),
+        (TrackKind::Audio, RtpCodecKind::Audio, OPUS_PT),
     ] {
         engine
             .register_codec(
                 RTCRtpCodecParameters {
-                    rtp_codec: codec(kind),
+                    rtp_codec: rtp_codec(kind),
                     payload_type: pt,
                 },
                 rtp_kind,
@@ -178,7 +154,7 @@ pub fn answer(
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: codec(kind),
+                codec: rtp_codec(kind),
                 ..Default::default()
             }],
         );

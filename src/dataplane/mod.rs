@@ -10,11 +10,18 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::crd::WebRTCEgressSpec;
-use crate::media::{Engine, EngineConfig, translate};
-use crate::subsystem::{Subsystem, SubsystemConfig};
-use crate::telemetry::Metrics;
-use crate::{ffmpeg, whep};
+pub mod ffmpeg;
+pub mod media;
+pub mod metrics;
+pub mod subsystem;
+pub mod whep;
+mod whep_pages;
+
+use crate::entries::StreamEntries;
+use crate::health;
+use media::{Engine, EngineConfig, translate};
+use metrics::Metrics;
+use subsystem::{Subsystem, SubsystemConfig};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataPlaneArgs {
@@ -44,9 +51,9 @@ pub struct DataPlaneArgs {
 
 /// Where the desired state comes from.
 pub struct SpecFeed {
-    pub initial: WebRTCEgressSpec,
+    pub initial: StreamEntries,
     /// Later versions; each is applied as it arrives.
-    pub updates: mpsc::Receiver<WebRTCEgressSpec>,
+    pub updates: mpsc::Receiver<StreamEntries>,
     /// Advertised when the spec names no public or NAT 1:1 address.
     pub fallback_ips: Vec<IpAddr>,
 }
@@ -82,14 +89,16 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    subsystem.set_teardown_hook(whep::teardown_hook(engine.clone()));
     let ready = Arc::new(AtomicBool::new(true));
     let app = whep::router(whep::AppState {
         subsystem: subsystem.clone(),
+        engine: engine.clone(),
         token: args.token.clone().map(Into::into),
         metrics,
         ready: ready.clone(),
     });
-    subsystem.apply(&initial).await?;
+    subsystem.apply(&initial.processes).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -101,15 +110,15 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
     }
 
     let applier = {
-        let subsystem = subsystem.clone();
+        let (subsystem, engine) = (subsystem.clone(), engine.clone());
         tokio::spawn(async move {
-            while let Some(spec) = updates.recv().await {
-                match translate(&spec.webrtc, &fallback_ips) {
-                    Ok(factory) => subsystem.engine().set_factory(factory),
+            while let Some(entries) = updates.recv().await {
+                match translate(&entries.webrtc, &fallback_ips) {
+                    Ok(factory) => engine.set_factory(factory),
                     Err(e) => error!("spec.webrtc refused: {e}"),
                 }
-                info!(processes = spec.processes.len(), "applying new spec");
-                if let Err(e) = subsystem.apply(&spec).await {
+                info!(processes = entries.processes.len(), "applying new entries");
+                if let Err(e) = subsystem.apply(&entries.processes).await {
                     error!("applying spec failed: {e}");
                 }
             }
@@ -120,7 +129,7 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
         let ready = ready.clone();
         let drain = Duration::from_secs(args.drain_seconds.unwrap_or(0));
         async move {
-            shutdown_signal().await;
+            health::shutdown_signal().await;
             info!(?drain, "shutting down: not ready, draining");
             ready.store(false, Ordering::Release);
             tokio::time::sleep(drain).await;
@@ -160,19 +169,4 @@ pub fn interface_ips(bind: IpAddr) -> Vec<IpAddr> {
         );
     }
     ips
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

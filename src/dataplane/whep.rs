@@ -1,7 +1,7 @@
 //! WHEP over HTTP (draft-ietf-wish-whep), plus the index, player, health and metrics endpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,10 +12,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 
-use crate::media::SubscribeError;
-use crate::media::{PeerFactoryConfig, StreamKey};
-use crate::subsystem::Subsystem;
-use crate::telemetry::Metrics;
+use crate::dataplane::media::{Engine, PeerFactoryConfig, StreamKey, SubscribeError};
+use crate::dataplane::metrics::Metrics;
+use crate::dataplane::subsystem::{Subsystem, TeardownHook};
+use crate::health;
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -24,6 +24,7 @@ const RETRY_AFTER_SECS: &str = "2";
 #[derive(Clone)]
 pub struct AppState {
     pub subsystem: Arc<Subsystem>,
+    pub engine: Arc<Engine>,
     /// Bearer token WHEP requests must carry; None leaves WHEP open.
     pub token: Option<Arc<str>>,
     pub metrics: Metrics,
@@ -80,16 +81,13 @@ impl From<SubscribeError> for ApiError {
     }
 }
 
-/// Builds the HTTP app and installs the WHEP teardown hook on the subsystem.
+/// Builds the HTTP app.
 pub fn router(state: AppState) -> Router {
-    install_teardown_hook(&state.subsystem);
+    let health = health::routes(Arc::new(state.metrics.clone()), state.ready.clone());
     Router::new()
         .route("/", get(index))
         .route("/play/{process}", get(player))
         .route("/api/v1/streams", get(streams))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/whep/{process}", post(offer).options(preflight))
         .route(
             "/whep/{process}/{session}",
@@ -97,6 +95,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(hang_up)
                 .options(preflight),
         )
+        .merge(health)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cors_and_count,
@@ -105,15 +104,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The WHEP side of teardown: close the stream's peers while its id still resolves.
-fn install_teardown_hook(subsystem: &Arc<Subsystem>) {
-    let engine = subsystem.engine().clone();
-    subsystem.set_teardown_hook(Arc::new(move |process: String, key: StreamKey| {
+pub fn teardown_hook(engine: Arc<Engine>) -> TeardownHook {
+    Arc::new(move |process: String, key: StreamKey| {
         let engine = engine.clone();
         Box::pin(async move {
             let closed = engine.drop_stream(key).await;
             tracing::info!(%process, closed, "teardown closed subscribers");
         })
-    }));
+    })
 }
 
 /// CORS on every response, so players on other origins work; exposes what WHEP clients read.
@@ -253,7 +251,7 @@ async fn offer(
         .retry_after());
     }
     let sdp = utf8(&body)?;
-    let engine = state.subsystem.engine();
+    let engine = &state.engine;
     let answer = engine
         .subscribe(stream.key, stream.audio.is_some(), sdp)
         .await?;
@@ -284,13 +282,9 @@ fn session_of(
     state: &AppState,
     process: &str,
     session: &str,
-) -> Result<crate::media::SessionInfo, ApiError> {
+) -> Result<crate::dataplane::media::SessionInfo, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
-    let info = state
-        .subsystem
-        .engine()
-        .session(session)
-        .ok_or_else(not_found)?;
+    let info = state.engine.session(session).ok_or_else(not_found)?;
     match state.subsystem.lookup(process) {
         Some(stream) if stream.key == info.stream => Ok(info),
         _ => Err(not_found()),
@@ -330,8 +324,7 @@ async fn trickle(
         });
     }
     state
-        .subsystem
-        .engine()
+        .engine
         .add_candidates(&session, frag.candidates)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -344,7 +337,7 @@ async fn hang_up(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     session_of(&state, &process, &session)?;
-    if state.subsystem.engine().unsubscribe(&session).await {
+    if state.engine.unsubscribe(&session).await {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "no such session"))
@@ -401,27 +394,8 @@ async fn streams(State(state): State<AppState>) -> Response {
     axum::Json(serde_json::json!({ "streams": state.subsystem.list() })).into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
 async fn index(State(state): State<AppState>) -> Html<String> {
-    Html(crate::whep_pages::index(&state.subsystem.list()))
+    Html(crate::dataplane::whep_pages::index(&state.subsystem.list()))
 }
 
 async fn player(State(state): State<AppState>, Path(process): Path<String>) -> Response {
@@ -429,7 +403,7 @@ async fn player(State(state): State<AppState>, Path(process): Path<String>) -> R
         return ApiError::new(StatusCode::NOT_FOUND, format!("no process {process:?}"))
             .into_response();
     }
-    Html(crate::whep_pages::player(&process)).into_response()
+    Html(crate::dataplane::whep_pages::player(&process)).into_response()
 }
 
 #[cfg(test)]

@@ -28,7 +28,9 @@ pub fn starting_nal_types(payload: &[u8]) -> Vec<u8> {
             Some(&header) if header & 0x80 != 0 => vec![header & 0x1f],
             _ => Vec::new(),
         },
-        nal => vec![nal],
+        // 1..=23 are single NAL units; 0 and 25..=31 (other aggregations, FU-B) start none we use.
+        nal @ 1..=23 => vec![nal],
+        _ => Vec::new(),
     }
 }
 
@@ -68,6 +70,22 @@ mod tests {
         let stap = [0x78, 0, 2, 0x67, 0xaa, 0, 2, 0x68, 0xbb];
         assert_eq!(starting_nal_types(&stap), vec![7, 8]);
         assert!(starting_nal_types(&[]).is_empty());
+        assert_eq!(starting_nal_types(&[0x41, 0x9a]), vec![1]);
+        assert!(starting_nal_types(&[0x7c]).is_empty());
+        assert!(
+            starting_nal_types(&[0x7c, 0x45, 0x88]).is_empty(),
+            "end fragment"
+        );
+        assert!(
+            starting_nal_types(&[0x00, 0x01]).is_empty(),
+            "type 0 is reserved"
+        );
+    }
+
+    #[test]
+    fn stap_a_stops_at_truncated_unit() {
+        let payload = [0x78, 0x00, 0x03, 0x67, 0x42, 0xe0, 0x00, 0x09, 0x68];
+        assert_eq!(starting_nal_types(&payload), vec![NAL_SPS]);
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The pod's media plane: Sources fed by FFmpeg RTP, and one UDP socket serving every WebRTC peer.
 //!
-//! Built on the sans-IO core `rtc` (DESIGN 3a): the async `webrtc` layer binds one socket per
-//! peer and ignores NAT 1:1 addresses, which a Kubernetes pod exposing one UDP port cannot use.
+//! Built on the sans-IO core `rtc`: the async `webrtc` layer binds one socket per peer and
+//! ignores NAT 1:1 addresses, which a Kubernetes pod exposing one UDP port cannot use (see the
+//! README's "How the media plane is built").
 
+pub mod codecs;
 mod engine;
+mod error;
 mod factory;
 pub mod h264;
 mod outbox;
 mod peer;
 mod source;
+pub mod udp;
 
-pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo, SubscribeError};
+pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};
+pub use error::SubscribeError;
 pub use factory::{PeerFactoryConfig, translate};
 pub use peer::host_candidate;
 pub use source::Source;

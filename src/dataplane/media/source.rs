@@ -11,6 +11,7 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
+use super::codecs::clock_rate;
 use super::h264::KeyframeDetector;
 use super::{MediaPacket, TrackKind};
 
@@ -129,13 +130,6 @@ async fn receive(
             keyframe_start,
             packet,
         }));
-    }
-}
-
-fn clock_rate(kind: TrackKind) -> u32 {
-    match kind {
-        TrackKind::Video => 90_000,
-        TrackKind::Audio => 48_000,
     }
 }
 

@@ -1,5 +1,5 @@
 //! FFmpeg: the command line that turns a process's inputs into RTP legs aimed at our local
-//! Sources, and the supervisor that keeps that FFmpeg running (DESIGN §2).
+//! Sources, and the supervisor that keeps that FFmpeg running.
 //!
 //! FFmpeg exiting on its own is not a deletion: the supervisor restarts it with backoff so
 //! subscribers stay connected and resume when media returns.
@@ -290,6 +290,24 @@ pub struct ProcessStatus {
     pub pid: Option<u32>,
 }
 
+/// How fast a process that exits on its own is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// First delay before a restart; doubled after each unhealthy run.
+    pub initial: Duration,
+    /// Cap on the delay.
+    pub max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What to run and how fast to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorConfig {
@@ -297,14 +315,11 @@ pub struct SupervisorConfig {
     pub args: Vec<String>,
     /// Used in logs.
     pub process_id: String,
-    /// First delay before a restart (default 500 ms); doubled after each unhealthy run.
-    pub backoff_initial: Duration,
-    /// Cap on the delay (default 10 s).
-    pub backoff_max: Duration,
+    pub restart: RestartPolicy,
 }
 
 impl SupervisorConfig {
-    /// A config with the default backoff.
+    /// A config with the default restart policy.
     pub fn new(
         program: impl Into<String>,
         args: Vec<String>,
@@ -314,8 +329,7 @@ impl SupervisorConfig {
             program: program.into(),
             args,
             process_id: process_id.into(),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -437,7 +451,7 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let id = cfg.process_id.as_str();
-    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    let mut backoff = Backoff::new(cfg.restart.initial, cfg.restart.max);
     let mut unhealthy_runs = 0u32;
     let mut restarts = 0u32;
     loop {

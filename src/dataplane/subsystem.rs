@@ -1,5 +1,6 @@
-//! The egress subsystem (DESIGN section 2): one entry per process, owning its Sources and its
-//! FFmpeg, all under one lock, with the teardown hook fired before Sources close.
+//! The egress subsystem: one entry per process, owning its Sources and its FFmpeg, all under one
+//! lock, with the teardown hook fired before Sources close (so the WHEP side closes its peers
+//! while the stream id still resolves, never feeding them from a closed Source).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,9 +13,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::crd::{ProcessSpec, VideoMode, WebRTCEgressSpec};
-use crate::ffmpeg::{self, ProcessState, ProcessStatus, Supervisor, SupervisorConfig};
-use crate::media::{Engine, MediaPacket, Source, StreamKey, TrackKind};
+use crate::crd::{ProcessSpec, VideoMode};
+use crate::dataplane::ffmpeg::{self, ProcessState, ProcessStatus, Supervisor, SupervisorConfig};
+use crate::dataplane::media::{Engine, MediaPacket, Source, StreamKey, TrackKind};
 
 /// Media older than this means the process is not live (WHEP answers 409).
 pub const LIVE_WINDOW: Duration = Duration::from_secs(3);
@@ -33,20 +34,18 @@ pub enum SubsystemError {
     Closed,
 }
 
-/// What the subsystem needs besides the resource.
+/// What the subsystem needs besides the processes.
 #[derive(Clone, Debug)]
 pub struct SubsystemConfig {
     pub ffmpeg: String,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub restart: ffmpeg::RestartPolicy,
 }
 
 impl Default for SubsystemConfig {
     fn default() -> Self {
         SubsystemConfig {
             ffmpeg: "ffmpeg".into(),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(10),
+            restart: ffmpeg::RestartPolicy::default(),
         }
     }
 }
@@ -112,10 +111,6 @@ impl Subsystem {
         })
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     /// Installs the one teardown consumer; installing again replaces it.
     pub fn set_teardown_hook(&self, hook: TeardownHook) {
         *self.teardown.lock().unwrap() = Some(hook);
@@ -162,21 +157,21 @@ impl Subsystem {
         out
     }
 
-    /// Brings the running processes in line with `spec`: removed or changed processes are
+    /// Brings the running processes in line with `processes`: removed or changed ones are
     /// stopped (teardown first), new ones started. Processes left unchanged are not touched.
-    pub async fn apply(&self, spec: &WebRTCEgressSpec) -> Result<(), SubsystemError> {
+    pub async fn apply(&self, processes: &[ProcessSpec]) -> Result<(), SubsystemError> {
         let stale: Vec<String> = {
             let streams = self.streams.lock().unwrap();
             streams
                 .iter()
-                .filter(|(id, s)| !spec.processes.iter().any(|p| &p.id == *id && *p == s.spec))
+                .filter(|(id, s)| !processes.iter().any(|p| &p.id == *id && *p == s.spec))
                 .map(|(id, _)| id.clone())
                 .collect()
         };
         for id in stale {
             self.stop_process(&id).await;
         }
-        for process in &spec.processes {
+        for process in processes {
             let running = self.streams.lock().unwrap().contains_key(&process.id);
             if !running {
                 self.start_process(process.clone()).await?;
@@ -221,10 +216,10 @@ impl Subsystem {
                 audio: audio.as_ref().map(|a| a.addr()),
             },
         );
-        let mut supervisor_config = SupervisorConfig::new(&self.config.ffmpeg, args, &spec.id);
-        supervisor_config.backoff_initial = self.config.backoff_initial;
-        supervisor_config.backoff_max = self.config.backoff_max;
-        let supervisor = Arc::new(Supervisor::spawn(supervisor_config));
+        let supervisor = Arc::new(Supervisor::spawn(SupervisorConfig {
+            restart: self.config.restart,
+            ..SupervisorConfig::new(&self.config.ffmpeg, args, &spec.id)
+        }));
         let _ = supervisor_slot.set(supervisor.clone());
         info!(process = %spec.id, video = %video.addr(), "process started");
         let replaced = self.streams.lock().unwrap().insert(
@@ -324,8 +319,8 @@ fn ffmpeg_media(spec: &ProcessSpec) -> ffmpeg::ProcessMedia {
 mod tests {
     use super::*;
     use crate::crd::InputSpec;
-    use crate::media::{EngineConfig, PeerFactoryConfig};
-    use crate::telemetry::Metrics;
+    use crate::dataplane::media::{EngineConfig, PeerFactoryConfig};
+    use crate::dataplane::metrics::Metrics;
     use std::sync::Mutex as StdMutex;
 
     async fn subsystem() -> Arc<Subsystem> {
@@ -427,17 +422,14 @@ mod tests {
     async fn apply_adds_removes_and_replaces_changed_processes() {
         let subsystem = subsystem().await;
         let seen = record_teardowns(&subsystem);
-        let mut spec = WebRTCEgressSpec {
-            processes: vec![process("a", false), process("b", true)],
-            ..Default::default()
-        };
-        subsystem.apply(&spec).await.unwrap();
+        let mut processes = vec![process("a", false), process("b", true)];
+        subsystem.apply(&processes).await.unwrap();
         assert_eq!(subsystem.process_ids(), vec!["a", "b"]);
         let a_key = subsystem.lookup("a").unwrap().key;
 
-        spec.processes.retain(|p| p.id == "a");
-        spec.processes.push(process("c", false));
-        subsystem.apply(&spec).await.unwrap();
+        processes.retain(|p| p.id == "a");
+        processes.push(process("c", false));
+        subsystem.apply(&processes).await.unwrap();
         assert_eq!(subsystem.process_ids(), vec!["a", "c"]);
         assert_eq!(
             subsystem.lookup("a").unwrap().key,
@@ -446,8 +438,8 @@ mod tests {
         );
         assert_eq!(seen.lock().unwrap().len(), 1);
 
-        spec.processes[0].inputs[0].address = "smptebars".into();
-        subsystem.apply(&spec).await.unwrap();
+        processes[0].inputs[0].address = "smptebars".into();
+        subsystem.apply(&processes).await.unwrap();
         assert_ne!(
             subsystem.lookup("a").unwrap().key,
             a_key,
@@ -472,11 +464,10 @@ mod tests {
     async fn close_tears_down_everything_and_refuses_new_processes() {
         let subsystem = subsystem().await;
         let seen = record_teardowns(&subsystem);
-        let spec = WebRTCEgressSpec {
-            processes: vec![process("a", false), process("b", false)],
-            ..Default::default()
-        };
-        subsystem.apply(&spec).await.unwrap();
+        subsystem
+            .apply(&[process("a", false), process("b", false)])
+            .await
+            .unwrap();
         subsystem.close().await;
         assert!(subsystem.lookup("a").is_none() && subsystem.lookup("b").is_none());
         assert_eq!(seen.lock().unwrap().len(), 2);

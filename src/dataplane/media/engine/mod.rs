@@ -1,0 +1,368 @@
+//! One UDP socket for every peer: demultiplexing, sharded peer connections, and fan-out.
+//!
+//! `RTCPeerConnection` is `Send` but not `Sync`, so peers live in shards, each a task that owns
+//! its peers outright; the socket reader routes datagrams to the owning shard by source address,
+//! or, for an address not seen yet, by the local ufrag in the STUN USERNAME.
+
+mod demux;
+mod shard;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::factory::PeerFactoryConfig;
+use super::outbox::Outbox;
+use super::peer;
+use super::{MediaPacket, StreamKey, SubscribeError};
+use crate::dataplane::metrics::Metrics;
+use demux::{Route, Routes, read_socket};
+use shard::{Shard, ShardMsg, Subscriber};
+
+pub type SessionId = Arc<str>;
+
+const SHARD_QUEUE: usize = 8192;
+/// Kernel buffers of the shared socket: hundreds of subscribers and keyframe bursts.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+pub struct EngineConfig {
+    pub bind: SocketAddr,
+    pub factory: PeerFactoryConfig,
+    pub shards: usize,
+    pub max_sessions: usize,
+}
+
+/// A new session's answer, for the WHEP response.
+pub struct Answer {
+    pub session: SessionId,
+    pub sdp: String,
+    pub etag: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub stream: StreamKey,
+    pub etag: String,
+    pub remote_ufrag: Option<String>,
+    shard: usize,
+}
+
+struct Shared {
+    socket: Arc<UdpSocket>,
+    /// Advertised addresses and ICE servers can change at run time (a load balancer's IP
+    /// arrives after the pod starts); existing peers keep the candidates they answered with.
+    factory: RwLock<PeerFactoryConfig>,
+    routes: RwLock<Routes>,
+    sessions: Mutex<HashMap<SessionId, SessionInfo>>,
+    /// Streams torn down: late subscribers to them are refused, even if already in flight.
+    closed_streams: Mutex<HashSet<StreamKey>>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn forget_session(&self, id: &SessionId, ufrag: &str, addrs: &[SocketAddr]) {
+        let mut routes = self.routes.write().unwrap();
+        routes.by_ufrag.remove(ufrag);
+        for addr in addrs {
+            if routes.by_addr.get(addr).is_some_and(|r| &r.session == id) {
+                routes.by_addr.remove(addr);
+            }
+        }
+        drop(routes);
+        if self.sessions.lock().unwrap().remove(id).is_some() {
+            self.metrics.sessions_closed.inc();
+            self.metrics.sessions_active.dec();
+        }
+    }
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    next_shard: AtomicUsize,
+    max_sessions: usize,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Binds the one media port and starts the reader and the shards.
+    pub async fn start(config: EngineConfig, metrics: Metrics) -> std::io::Result<Arc<Engine>> {
+        let socket = super::udp::bind(config.bind, SOCKET_BUFFER)?;
+        let shared = Arc::new(Shared {
+            socket: Arc::new(socket),
+            factory: RwLock::new(config.factory.clone()),
+            routes: RwLock::default(),
+            sessions: Mutex::default(),
+            closed_streams: Mutex::default(),
+            metrics,
+        });
+        let mut tasks = Vec::new();
+        let mut shards = Vec::new();
+        for index in 0..config.shards.max(1) {
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            shards.push(tx);
+            let shard = Shard {
+                index,
+                shared: shared.clone(),
+                peers: HashMap::new(),
+                by_stream: HashMap::new(),
+                keyframe_cache: HashMap::new(),
+                outbox: Outbox::default(),
+            };
+            tasks.push(tokio::spawn(shard.run(rx)));
+        }
+        tasks.push(tokio::spawn(read_socket(shared.clone(), shards.clone())));
+        info!(
+            bind = %config.bind,
+            advertised = ?config.factory.advertised_ips,
+            "media port open"
+        );
+        Ok(Arc::new(Engine {
+            shared,
+            shards,
+            next_shard: AtomicUsize::new(0),
+            max_sessions: config.max_sessions,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    pub fn factory(&self) -> PeerFactoryConfig {
+        self.shared.factory.read().unwrap().clone()
+    }
+
+    /// Replaces what new peers are told; the bound port cannot change.
+    pub fn set_factory(&self, mut factory: PeerFactoryConfig) {
+        let mut current = self.shared.factory.write().unwrap();
+        if factory.udp_port != current.udp_port {
+            warn!(
+                bound = current.udp_port,
+                requested = factory.udp_port,
+                "udpPort cannot change while running; keeping the bound port"
+            );
+            factory.udp_port = current.udp_port;
+        }
+        if *current != factory {
+            info!(advertised = ?factory.advertised_ips, "peer factory updated");
+            *current = factory;
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.socket.local_addr()
+    }
+
+    /// Hands a Source's packet to every shard; never blocks, drops (and counts) when full.
+    pub fn dispatch(&self, stream: StreamKey, packet: Arc<MediaPacket>) {
+        for shard in &self.shards {
+            if shard
+                .try_send(ShardMsg::Media {
+                    stream,
+                    packet: packet.clone(),
+                })
+                .is_err()
+            {
+                self.shared.metrics.media_dropped.inc();
+            }
+        }
+    }
+
+    /// Answers a WHEP offer for `stream` and starts the session.
+    pub async fn subscribe(
+        &self,
+        stream: StreamKey,
+        has_audio: bool,
+        offer_sdp: &str,
+    ) -> Result<Answer, SubscribeError> {
+        if self.sessions_held() >= self.max_sessions {
+            return Err(SubscribeError::TooManySessions(self.max_sessions));
+        }
+        let factory = self.factory();
+        let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
+        let offer = offer_sdp.to_owned();
+        // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
+        let answered = std::panic::catch_unwind(move || peer::answer(&offer, &factory, has_audio))
+            .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
+        let session: SessionId = peer::random_id().into();
+        let etag = format!("\"{}\"", peer::random_id());
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        {
+            let mut sessions = self.shared.sessions.lock().unwrap();
+            if self.shared.closed_streams.lock().unwrap().contains(&stream) {
+                return Err(SubscribeError::StreamGone);
+            }
+            sessions.insert(
+                session.clone(),
+                SessionInfo {
+                    stream,
+                    etag: etag.clone(),
+                    remote_ufrag: ice_ufrag(offer_sdp),
+                    shard,
+                },
+            );
+        }
+        self.shared.routes.write().unwrap().by_ufrag.insert(
+            answered.local_ufrag.clone(),
+            Route {
+                shard,
+                session: session.clone(),
+            },
+        );
+        self.shared.metrics.sessions_created.inc();
+        self.shared.metrics.sessions_active.inc();
+        let subscriber = Subscriber {
+            id: session.clone(),
+            stream,
+            pc: answered.pc,
+            video: answered.video,
+            audio: answered.audio,
+            ufrag: answered.local_ufrag,
+            candidates,
+            connected: false,
+            known_addrs: Vec::new(),
+            created: Instant::now(),
+        };
+        if self.shards[shard]
+            .send(ShardMsg::Add(Box::new(subscriber)))
+            .await
+            .is_err()
+        {
+            return Err(SubscribeError::Closed);
+        }
+        Ok(Answer {
+            session,
+            sdp: answered.answer_sdp,
+            etag,
+        })
+    }
+
+    pub fn session(&self, id: &str) -> Option<SessionInfo> {
+        self.shared.sessions.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn sessions_held(&self) -> usize {
+        self.shared.sessions.lock().unwrap().len()
+    }
+
+    pub fn subscribers_of(&self, stream: StreamKey) -> usize {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.stream == stream)
+            .count()
+    }
+
+    /// Adds trickled remote candidates to a session.
+    pub async fn add_candidates(
+        &self,
+        id: &str,
+        candidates: Vec<RTCIceCandidateInit>,
+    ) -> Result<(), SubscribeError> {
+        let (key, info) = self.session_entry(id)?;
+        for candidate in candidates {
+            let (reply, rx) = oneshot::channel();
+            self.shards[info.shard]
+                .send(ShardMsg::Candidate {
+                    session: key.clone(),
+                    candidate,
+                    reply,
+                })
+                .await
+                .map_err(|_| SubscribeError::Closed)?;
+            rx.await
+                .map_err(|_| SubscribeError::UnknownSession)?
+                .map_err(SubscribeError::BadCandidate)?;
+        }
+        Ok(())
+    }
+
+    /// Closes one session (WHEP DELETE). Returns false when it did not exist.
+    pub async fn unsubscribe(&self, id: &str) -> bool {
+        let Ok((key, info)) = self.session_entry(id) else {
+            return false;
+        };
+        let (reply, rx) = oneshot::channel();
+        if self.shards[info.shard]
+            .send(ShardMsg::Remove {
+                session: key,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Closes every peer of `stream` and refuses new ones: the WHEP side of the teardown hook.
+    /// Returns the number of peers closed once every shard has done so.
+    pub async fn drop_stream(&self, stream: StreamKey) -> usize {
+        {
+            let _sessions = self.shared.sessions.lock().unwrap();
+            self.shared.closed_streams.lock().unwrap().insert(stream);
+        }
+        let mut closed = 0;
+        for shard in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            if shard
+                .send(ShardMsg::DropStream { stream, reply })
+                .await
+                .is_ok()
+            {
+                closed += rx.await.unwrap_or(0);
+            }
+        }
+        closed
+    }
+
+    /// Closes every peer and stops the socket; later subscribes fail with `Closed`.
+    pub async fn close(&self) {
+        for shard in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            if shard.send(ShardMsg::Shutdown { reply }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn session_entry(&self, id: &str) -> Result<(SessionId, SessionInfo), SubscribeError> {
+        let sessions = self.shared.sessions.lock().unwrap();
+        sessions
+            .get_key_value(id)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .ok_or(SubscribeError::UnknownSession)
+    }
+}
+
+/// The remote's `a=ice-ufrag`, to recognise an ICE restart in a PATCH.
+pub fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ufrag_from_sdp() {
+        assert_eq!(
+            ice_ufrag("v=0\r\na=ice-ufrag:abcd\r\na=ice-pwd:x\r\n").as_deref(),
+            Some("abcd")
+        );
+    }
+}

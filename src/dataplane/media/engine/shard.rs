@@ -1,0 +1,387 @@
+//! A shard: one task owning a set of peer connections (`Send`, not `Sync`), fed datagrams,
+//! media and commands through one queue, sending what its peers produce in batches.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::demux::{Route, local_candidate_for};
+use super::{SessionId, Shared};
+use crate::dataplane::media::outbox::Outbox;
+use crate::dataplane::media::peer::TrackOut;
+use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
+
+/// How long a new peer may take to connect before it is reaped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Packets kept per stream so a new viewer starts at the latest keyframe, not the next one.
+const KEYFRAME_CACHE_LIMIT: usize = 4096;
+const TICK: Duration = Duration::from_millis(10);
+
+pub(super) enum ShardMsg {
+    Datagram {
+        from: SocketAddr,
+        session: SessionId,
+        data: BytesMut,
+        at: Instant,
+    },
+    Media {
+        stream: StreamKey,
+        packet: Arc<MediaPacket>,
+    },
+    Add(Box<Subscriber>),
+    Candidate {
+        session: SessionId,
+        candidate: RTCIceCandidateInit,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Remove {
+        session: SessionId,
+        reply: oneshot::Sender<bool>,
+    },
+    DropStream {
+        stream: StreamKey,
+        reply: oneshot::Sender<usize>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(super) struct Subscriber {
+    pub(super) id: SessionId,
+    pub(super) stream: StreamKey,
+    pub(super) pc: RTCPeerConnection,
+    pub(super) video: Option<TrackOut>,
+    pub(super) audio: Option<TrackOut>,
+    pub(super) ufrag: String,
+    /// Our host candidates as answered; `rtc` drops datagrams not addressed to one of them.
+    pub(super) candidates: Vec<SocketAddr>,
+    pub(super) connected: bool,
+    pub(super) known_addrs: Vec<SocketAddr>,
+    pub(super) created: Instant,
+}
+
+pub(super) struct Shard {
+    pub(super) index: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) peers: HashMap<SessionId, Subscriber>,
+    pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
+    pub(super) keyframe_cache: HashMap<StreamKey, Vec<Arc<MediaPacket>>>,
+    /// Datagrams produced while handling messages, sent in one batch afterwards.
+    pub(super) outbox: Outbox,
+}
+
+/// What a peer's outputs say should happen to it.
+#[derive(PartialEq)]
+enum Verdict {
+    Keep,
+    JustConnected,
+    Reap(&'static str),
+}
+
+impl Shard {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let keep_going = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle_burst(msg, &mut rx),
+                    None => false,
+                },
+                _ = tick.tick() => {
+                    self.on_tick();
+                    true
+                }
+            };
+            self.send_outbox();
+            if !keep_going {
+                return;
+            }
+        }
+    }
+
+    /// Handles `first` and whatever else is already queued (up to a bound), so one batch of
+    /// sends covers them all.
+    fn handle_burst(&mut self, first: ShardMsg, rx: &mut mpsc::Receiver<ShardMsg>) -> bool {
+        const BURST: usize = 64;
+        if !self.handle(first) {
+            return false;
+        }
+        for _ in 0..BURST {
+            let Ok(msg) = rx.try_recv() else { break };
+            if !self.handle(msg) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn send_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let result = self.outbox.send(&self.shared.socket);
+        if result.dropped > 0 {
+            self.shared
+                .metrics
+                .udp_send_dropped
+                .inc_by(result.dropped as u64);
+        }
+    }
+
+    /// Returns false when the shard should stop.
+    fn handle(&mut self, msg: ShardMsg) -> bool {
+        match msg {
+            ShardMsg::Datagram {
+                from,
+                session,
+                data,
+                at,
+            } => self.on_datagram(from, &session, data, at),
+            ShardMsg::Media { stream, packet } => self.on_media(stream, packet),
+            ShardMsg::Add(sub) => self.add(*sub),
+            ShardMsg::Candidate {
+                session,
+                candidate,
+                reply,
+            } => {
+                let result = match self.peers.get_mut(&session) {
+                    Some(sub) => sub
+                        .pc
+                        .add_remote_candidate(candidate)
+                        .map_err(|e| e.to_string()),
+                    None => Err("no such session".into()),
+                };
+                let _ = reply.send(result);
+                self.service(&session);
+            }
+            ShardMsg::Remove { session, reply } => {
+                let _ = reply.send(self.reap(&session, "deleted by client"));
+            }
+            ShardMsg::DropStream { stream, reply } => {
+                self.keyframe_cache.remove(&stream);
+                let ids = self.by_stream.remove(&stream).unwrap_or_default();
+                let closed = ids
+                    .iter()
+                    .filter(|id| self.reap(id, "stream torn down"))
+                    .count();
+                let _ = reply.send(closed);
+            }
+            ShardMsg::Shutdown { reply } => {
+                let ids: Vec<_> = self.peers.keys().cloned().collect();
+                for id in ids {
+                    self.reap(&id, "shutdown");
+                }
+                let _ = reply.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn add(&mut self, sub: Subscriber) {
+        let id = sub.id.clone();
+        let stream = sub.stream;
+        self.peers.insert(id.clone(), sub);
+        self.by_stream.entry(stream).or_default().push(id.clone());
+        if self.shared.closed_streams.lock().unwrap().contains(&stream) {
+            self.reap(&id, "stream torn down");
+            return;
+        }
+        self.service(&id);
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, id: &SessionId, data: BytesMut, at: Instant) {
+        let Some(sub) = self.peers.get_mut(id) else {
+            return;
+        };
+        let local_addr = local_candidate_for(&sub.candidates, from);
+        let result = sub.pc.handle_read(TaggedBytesMut {
+            now: at,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: data,
+        });
+        if let Err(e) = result {
+            self.shared.metrics.rtc_rejected.inc();
+            debug!(session = %id, error = %e, "datagram rejected");
+        }
+        if !sub.known_addrs.contains(&from) {
+            sub.known_addrs.push(from);
+        }
+        self.service(id);
+    }
+
+    fn on_media(&mut self, stream: StreamKey, packet: Arc<MediaPacket>) {
+        if packet.kind == TrackKind::Video {
+            let cache = self.keyframe_cache.entry(stream).or_default();
+            if packet.keyframe_start {
+                cache.clear();
+            }
+            if (!cache.is_empty() || packet.keyframe_start) && cache.len() < KEYFRAME_CACHE_LIMIT {
+                cache.push(packet.clone());
+            }
+        }
+        let Some(ids) = self.by_stream.get(&stream) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut forwarded = 0;
+        for id in ids {
+            if let Some(sub) = self.peers.get_mut(id)
+                && sub.connected
+            {
+                forwarded += sub.write_media(&packet, now) as u64;
+                flush(&self.shared, self.index, sub, &mut self.outbox);
+            }
+        }
+        self.shared.metrics.rtp_packets_forwarded.inc_by(forwarded);
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<SessionId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, sub)| {
+                let due = sub.pc.poll_timeout().is_some_and(|t| t <= now);
+                due.then(|| id.clone())
+            })
+            .collect();
+        for id in ids {
+            if let Some(sub) = self.peers.get_mut(&id)
+                && let Err(e) = sub.pc.handle_timeout(now)
+            {
+                debug!(session = %id, error = %e, "timeout handling failed");
+            }
+            self.service(&id);
+        }
+        let stale: Vec<SessionId> = self
+            .peers
+            .values()
+            .filter(|s| !s.connected && s.created.elapsed() > CONNECT_TIMEOUT)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in stale {
+            self.reap(&id, "did not connect in time");
+        }
+    }
+
+    /// Drains a peer's outputs and acts on its state changes.
+    fn service(&mut self, id: &SessionId) {
+        let Some(sub) = self.peers.get_mut(id) else {
+            return;
+        };
+        let verdict = flush(&self.shared, self.index, sub, &mut self.outbox);
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::JustConnected => {
+                info!(session = %id, stream = sub.stream.0, "subscriber connected");
+                let now = Instant::now();
+                if let Some(cache) = self.keyframe_cache.get(&sub.stream) {
+                    let mut sent = 0;
+                    for packet in cache {
+                        sent += sub.write_media(packet, now) as u64;
+                    }
+                    self.shared.metrics.rtp_packets_forwarded.inc_by(sent);
+                }
+                flush(&self.shared, self.index, sub, &mut self.outbox);
+            }
+            Verdict::Reap(reason) => {
+                self.reap(id, reason);
+            }
+        }
+    }
+
+    /// Closes and forgets one peer. Returns false when it was not here.
+    fn reap(&mut self, id: &SessionId, reason: &'static str) -> bool {
+        let Some(mut sub) = self.peers.remove(id) else {
+            return false;
+        };
+        if let Some(ids) = self.by_stream.get_mut(&sub.stream) {
+            ids.retain(|s| s != id);
+        }
+        // close() queues DTLS close_notify so the client learns at once rather than by timeout.
+        let _ = sub.pc.close();
+        flush(&self.shared, self.index, &mut sub, &mut self.outbox);
+        self.shared.forget_session(id, &sub.ufrag, &sub.known_addrs);
+        info!(session = %id, stream = sub.stream.0, reason, "subscriber closed");
+        true
+    }
+}
+
+impl Subscriber {
+    /// Stamps this subscriber's SSRC and payload type on a shared packet and sends it.
+    fn write_media(&mut self, media: &MediaPacket, now: Instant) -> bool {
+        let out = match media.kind {
+            TrackKind::Video => self.video,
+            TrackKind::Audio => self.audio,
+        };
+        let Some(out) = out else {
+            return false;
+        };
+        let mut packet = media.packet.clone();
+        packet.header.ssrc = out.ssrc;
+        packet.header.payload_type = out.payload_type;
+        match self.pc.rtp_sender(out.sender) {
+            Some(mut sender) => sender.write_rtp(now, packet).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Queues what the peer wants sent, learns its addresses, and reports state changes.
+fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Verdict {
+    while let Some(out) = sub.pc.poll_write() {
+        let dest = out.transport.peer_addr;
+        if !sub.known_addrs.contains(&dest) {
+            sub.known_addrs.push(dest);
+            shared.routes.write().unwrap().by_addr.insert(
+                dest,
+                Route {
+                    shard,
+                    session: sub.id.clone(),
+                },
+            );
+        }
+        outbox.push(dest, out.message);
+    }
+    while sub.pc.poll_read().is_some() {}
+    let mut verdict = Verdict::Keep;
+    while let Some(event) = sub.pc.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+            match state {
+                RTCPeerConnectionState::Connected if !sub.connected => {
+                    sub.connected = true;
+                    verdict = Verdict::JustConnected;
+                }
+                RTCPeerConnectionState::Disconnected => verdict = Verdict::Reap("disconnected"),
+                RTCPeerConnectionState::Failed => verdict = Verdict::Reap("ICE/DTLS failed"),
+                RTCPeerConnectionState::Closed => verdict = Verdict::Reap("closed"),
+                _ => {}
+            }
+        }
+    }
+    if let Verdict::Reap(reason) = verdict
+        && sub.connected
+    {
+        warn!(session = %sub.id, reason, "subscriber lost");
+    }
+    verdict
+}

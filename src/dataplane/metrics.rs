@@ -1,0 +1,127 @@
+//! The Prometheus metrics the data plane exports at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::health::RenderMetrics;
+
+/// Data-plane counters, registered once. Cloned handles share the same atomics, so hot paths
+/// increment directly.
+#[derive(Clone)]
+pub struct Metrics {
+    pub sessions_created: Counter,
+    pub sessions_closed: Counter,
+    pub sessions_active: Gauge,
+    pub rtp_packets_forwarded: Counter,
+    /// Media dropped because a shard's queue was full: a slow consumer never stalls a Source.
+    pub media_dropped: Counter,
+    pub udp_datagrams_in: Counter,
+    pub udp_datagrams_unrouted: Counter,
+    pub udp_send_dropped: Counter,
+    pub rtc_rejected: Counter,
+    pub whep_requests: Counter,
+    pub whep_errors: Counter,
+    pub ffmpeg_restarts: Counter,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let sessions_created = Counter::default();
+        let sessions_closed = Counter::default();
+        let sessions_active = Gauge::default();
+        let rtp_packets_forwarded = Counter::default();
+        let media_dropped = Counter::default();
+        let udp_datagrams_in = Counter::default();
+        let udp_datagrams_unrouted = Counter::default();
+        let udp_send_dropped = Counter::default();
+        let rtc_rejected = Counter::default();
+        let whep_requests = Counter::default();
+        let whep_errors = Counter::default();
+        let ffmpeg_restarts = Counter::default();
+        let mut registry = Registry::with_prefix("webrtc_egress");
+        registry.register(
+            "sessions_created",
+            "WHEP sessions created",
+            sessions_created.clone(),
+        );
+        registry.register(
+            "sessions_closed",
+            "WHEP sessions closed or reaped",
+            sessions_closed.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "WHEP sessions currently held",
+            sessions_active.clone(),
+        );
+        registry.register(
+            "rtp_packets_forwarded",
+            "RTP packets written to subscribers",
+            rtp_packets_forwarded.clone(),
+        );
+        registry.register(
+            "media_dropped",
+            "media packets dropped because a shard queue was full",
+            media_dropped.clone(),
+        );
+        registry.register(
+            "udp_datagrams_in",
+            "datagrams received on the media port",
+            udp_datagrams_in.clone(),
+        );
+        registry.register(
+            "udp_datagrams_unrouted",
+            "datagrams from addresses no session claims",
+            udp_datagrams_unrouted.clone(),
+        );
+        registry.register(
+            "udp_send_dropped",
+            "datagrams not sent because the socket buffer was full",
+            udp_send_dropped.clone(),
+        );
+        registry.register(
+            "rtc_rejected",
+            "datagrams the WebRTC core rejected",
+            rtc_rejected.clone(),
+        );
+        registry.register("whep_requests", "WHEP HTTP requests", whep_requests.clone());
+        registry.register(
+            "whep_errors",
+            "WHEP HTTP requests answered with an error",
+            whep_errors.clone(),
+        );
+        registry.register(
+            "ffmpeg_restarts",
+            "FFmpeg restarts",
+            ffmpeg_restarts.clone(),
+        );
+        Self {
+            sessions_created,
+            sessions_closed,
+            sessions_active,
+            rtp_packets_forwarded,
+            media_dropped,
+            udp_datagrams_in,
+            udp_datagrams_unrouted,
+            udp_send_dropped,
+            rtc_rejected,
+            whep_requests,
+            whep_errors,
+            ffmpeg_restarts,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl RenderMetrics for Metrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
