@@ -210,6 +210,15 @@ pub struct WebRtcSettings {
     /// STUN/TURN servers offered to players (WHEP `Link` headers).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<IceServerSpec>,
+    /// Also offer media over ICE-TCP (RFC 6544) on the HTTP port, at the host and port each
+    /// viewer sent its WHEP request to: the fallback that makes `kubectl port-forward` and
+    /// UDP-blocking networks play. UDP keeps priority wherever it gets through.
+    #[serde(rename = "iceTCP", skip_serializing_if = "is_true")]
+    pub ice_tcp: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Default for WebRtcSettings {
@@ -219,6 +228,7 @@ impl Default for WebRtcSettings {
             nat_1to1_ips: Vec::new(),
             udp_port: DEFAULT_UDP_PORT,
             ice_servers: Vec::new(),
+            ice_tcp: true,
         }
     }
 }

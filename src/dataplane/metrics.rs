@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -26,6 +28,14 @@ pub struct Metrics {
     pub whep_requests: Counter,
     pub whep_errors: Counter,
     pub ffmpeg_restarts: Counter,
+    /// Connected sessions by the transport their media flows over.
+    pub sessions_connected: Family<TransportLabels, Gauge>,
+    /// ICE-TCP connections that named one of our sessions.
+    pub ice_tcp_connections: Counter,
+    /// Connections on the HTTP port closed as neither HTTP nor a valid ICE-TCP start.
+    pub ice_tcp_refused: Counter,
+    /// Packets not queued to an ICE-TCP viewer (queue full or connection gone).
+    pub tcp_send_dropped: Counter,
     registry: Arc<Registry>,
 }
 
@@ -43,7 +53,31 @@ impl Default for Metrics {
         let whep_requests = Counter::default();
         let whep_errors = Counter::default();
         let ffmpeg_restarts = Counter::default();
+        let sessions_connected = Family::<TransportLabels, Gauge>::default();
+        let ice_tcp_connections = Counter::default();
+        let ice_tcp_refused = Counter::default();
+        let tcp_send_dropped = Counter::default();
         let mut registry = Registry::with_prefix("webrtc_egress");
+        registry.register(
+            "sessions_connected",
+            "WHEP sessions connected, by media transport",
+            sessions_connected.clone(),
+        );
+        registry.register(
+            "ice_tcp_connections",
+            "ICE-TCP connections accepted on the HTTP port",
+            ice_tcp_connections.clone(),
+        );
+        registry.register(
+            "ice_tcp_refused",
+            "connections on the HTTP port refused as neither HTTP nor ICE-TCP",
+            ice_tcp_refused.clone(),
+        );
+        registry.register(
+            "tcp_send_dropped",
+            "packets not queued to an ICE-TCP viewer",
+            tcp_send_dropped.clone(),
+        );
         registry.register(
             "sessions_created",
             "WHEP sessions created",
@@ -113,8 +147,43 @@ impl Default for Metrics {
             whep_requests,
             whep_errors,
             ffmpeg_restarts,
+            sessions_connected,
+            ice_tcp_connections,
+            ice_tcp_refused,
+            tcp_send_dropped,
             registry: Arc::new(registry),
         }
+    }
+}
+
+/// The transport a session's media flows over; lowercase, as label values are.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Transport {
+    udp,
+    tcp,
+}
+
+impl Transport {
+    pub fn of(protocol: rtc::shared::TransportProtocol) -> Self {
+        match protocol {
+            rtc::shared::TransportProtocol::TCP => Transport::tcp,
+            _ => Transport::udp,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: Transport,
+}
+
+impl Metrics {
+    /// The gauge of sessions connected over `transport`.
+    pub fn connected(&self, transport: Transport) -> Gauge {
+        self.sessions_connected
+            .get_or_create(&TransportLabels { transport })
+            .clone()
     }
 }
 

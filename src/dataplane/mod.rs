@@ -10,7 +10,9 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
+mod authority;
 pub mod ffmpeg;
+mod listener;
 pub mod media;
 pub mod metrics;
 pub mod subsystem;
@@ -40,6 +42,10 @@ pub struct DataPlaneArgs {
     /// Worker shards holding peer connections (default: one per CPU).
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Take the viewer-facing host of WHEP requests (offered as the ICE-TCP candidate) from
+    /// `X-Forwarded-Host` / `Forwarded`; only behind a proxy that sets them.
+    #[arg(long)]
+    pub trust_forwarded_headers: bool,
     /// Most WHEP sessions held at once; more get 503.
     #[arg(long, default_value_t = 2000)]
     pub max_sessions: usize,
@@ -97,6 +103,7 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
         token: args.token.clone().map(Into::into),
         metrics,
         ready: ready.clone(),
+        trust_forwarded: args.trust_forwarded_headers,
     });
     subsystem.apply(&initial.processes).await?;
 
@@ -135,9 +142,13 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
             tokio::time::sleep(drain).await;
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(draining)
-        .await?;
+    let listener = listener::SplitListener::spawn(listener, engine.clone())?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<listener::ConnInfo>(),
+    )
+    .with_graceful_shutdown(draining)
+    .await?;
     applier.abort();
     subsystem.close().await;
     engine.close().await;

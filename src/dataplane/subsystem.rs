@@ -331,6 +331,7 @@ mod tests {
                     advertised_ips: vec!["127.0.0.1".parse().unwrap()],
                     udp_port: 1,
                     ice_servers: vec![],
+                    ice_tcp: true,
                 },
                 shards: 1,
                 max_sessions: 10,

@@ -5,13 +5,15 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 
+use super::authority;
+use super::listener::ConnInfo;
 use crate::dataplane::media::{Engine, PeerFactoryConfig, StreamKey, SubscribeError};
 use crate::dataplane::metrics::Metrics;
 use crate::dataplane::subsystem::{Subsystem, TeardownHook};
@@ -30,6 +32,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Cleared while draining so load balancers stop sending new viewers.
     pub ready: Arc<AtomicBool>,
+    /// Take the viewer-facing host from `X-Forwarded-Host` / `Forwarded` (set only behind a
+    /// proxy that overwrites them).
+    pub trust_forwarded: bool,
 }
 
 /// An HTTP error with a plain-text reason; every failure a client can cause ends here.
@@ -226,6 +231,7 @@ fn ice_server_links(factory: &PeerFactoryConfig) -> Vec<HeaderValue> {
 async fn offer(
     State(state): State<AppState>,
     Path(process): Path<String>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -252,8 +258,10 @@ async fn offer(
     }
     let sdp = utf8(&body)?;
     let engine = &state.engine;
+    let tcp = authority::tcp_candidate(&headers, &conn, state.trust_forwarded);
+    tracing::debug!(%process, peer = %conn.peer, ?tcp, "offer");
     let answer = engine
-        .subscribe(stream.key, stream.audio.is_some(), sdp)
+        .subscribe(stream.key, stream.audio.is_some(), sdp, tcp)
         .await?;
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();

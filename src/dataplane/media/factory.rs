@@ -11,6 +11,8 @@ pub struct PeerFactoryConfig {
     pub advertised_ips: Vec<IpAddr>,
     pub udp_port: u16,
     pub ice_servers: Vec<IceServer>,
+    /// Offer a passive ICE-TCP candidate at the address each WHEP request was sent to.
+    pub ice_tcp: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +74,7 @@ pub fn translate(
         advertised_ips,
         udp_port,
         ice_servers,
+        ice_tcp: settings.ice_tcp,
     })
 }
 

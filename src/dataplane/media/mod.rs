@@ -14,10 +14,10 @@ mod peer;
 mod source;
 pub mod udp;
 
-pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};
+pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo, is_ice_tcp_start};
 pub use error::SubscribeError;
 pub use factory::{PeerFactoryConfig, translate};
-pub use peer::host_candidate;
+pub use peer::{TcpCandidate, host_candidate};
 pub use source::Source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -103,11 +104,24 @@ fn offered_kinds(offer: &RTCSessionDescription) -> Result<(bool, bool), Subscrib
     Ok((has("video"), has("audio")))
 }
 
-/// Answers `offer_sdp` with sendonly tracks for the stream's media and our host candidates.
+/// Our passive ICE-TCP candidate in one answer: where the viewer's WHEP request was sent,
+/// reachable from the viewer by construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpCandidate {
+    /// What `rtc` is given (it takes only IP literals) and stamps on the connection's packets.
+    pub addr: SocketAddr,
+    /// Written into the answer instead of `addr`'s IP when the viewer named us by host name;
+    /// Chromium resolves such a candidate, Firefox ignores it (and uses UDP).
+    pub host: Option<String>,
+}
+
+/// Answers `offer_sdp` with sendonly tracks for the stream's media, our UDP host candidates
+/// and, if given, a passive ICE-TCP candidate (lower priority, per RFC 6544, so UDP wins).
 pub fn answer(
     offer_sdp: &str,
     config: &PeerFactoryConfig,
     stream_has_audio: bool,
+    tcp: Option<&TcpCandidate>,
 ) -> Result<Answered, SubscribeError> {
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SubscribeError::BadOffer(
@@ -179,6 +193,10 @@ pub fn answer(
         pc.add_local_candidate(host_candidate(addr).map_err(internal)?)
             .map_err(internal)?;
     }
+    if let Some(tcp) = tcp {
+        pc.add_local_candidate(passive_tcp_candidate(tcp.addr).map_err(internal)?)
+            .map_err(internal)?;
+    }
 
     let answer = pc.create_answer(None).map_err(bad_offer)?;
     pc.set_local_description(now, answer.clone())
@@ -188,10 +206,14 @@ pub fn answer(
             .ok_or_else(|| SubscribeError::BadOffer(NO_H264.into()))?,
     );
     let audio = audio.and_then(|a| negotiated(&mut pc, a, MIME_TYPE_OPUS));
+    let answer_sdp = match tcp.and_then(|t| t.host.as_deref()) {
+        Some(host) => name_tcp_candidates(&answer.sdp, host),
+        None => answer.sdp,
+    };
     Ok(Answered {
         pc,
         local_ufrag,
-        answer_sdp: answer.sdp,
+        answer_sdp,
         video,
         audio,
     })
@@ -211,6 +233,46 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, rtc::shar
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// A passive ICE-TCP host candidate (RFC 6544) at `addr`.
+fn passive_tcp_candidate(
+    addr: SocketAddr,
+) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: TcpType::Passive,
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// Replaces the address of every TCP candidate line with `host`. `rtc` keeps its own parsed
+/// candidates (with the IP), so only what the viewer reads changes.
+fn name_tcp_candidates(sdp: &str, host: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 64);
+    for line in sdp.split_inclusive('\n') {
+        let fields: Vec<&str> = line.trim_end().split(' ').collect();
+        // a=candidate:FOUNDATION COMPONENT TRANSPORT PRIORITY ADDRESS PORT typ ...
+        if line.starts_with("a=candidate:")
+            && fields.len() > 5
+            && fields[2].eq_ignore_ascii_case("tcp")
+        {
+            let mut named = fields.clone();
+            named[4] = host;
+            out.push_str(&named.join(" "));
+            out.push_str(&line[line.trim_end().len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Fills in the payload type the remote chose for `mime`, or None when it was not negotiated.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use rtc::shared::TransportProtocol;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -55,6 +56,7 @@ pub(super) async fn read_socket(shared: Arc<Shared>, shards: Vec<mpsc::Sender<Sh
             session: route.session,
             data: BytesMut::from(data),
             at: Instant::now(),
+            protocol: TransportProtocol::UDP,
         };
         if shards[route.shard].try_send(msg).is_err() {
             shared.metrics.media_dropped.inc();
@@ -83,7 +85,7 @@ pub(super) fn local_candidate_for(candidates: &[SocketAddr], remote: SocketAddr)
 }
 
 /// The first half of a STUN request's USERNAME (`ours:theirs`), i.e. our local ufrag.
-fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+pub(super) fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
     const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
     if data.len() < 20 || data[0] > 3 || data[4..8] != MAGIC {
         return None;

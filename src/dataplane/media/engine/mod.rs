@@ -6,6 +6,9 @@
 
 mod demux;
 mod shard;
+mod tcp;
+
+pub use tcp::is_ice_tcp_start;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,14 +17,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use rtc::shared::TransportProtocol;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::factory::PeerFactoryConfig;
 use super::outbox::Outbox;
-use super::peer;
+use super::peer::{self, TcpCandidate};
 use super::{MediaPacket, StreamKey, SubscribeError};
 use crate::dataplane::metrics::Metrics;
 use demux::{Route, Routes, read_socket};
@@ -30,6 +34,8 @@ use shard::{Shard, ShardMsg, Subscriber};
 pub type SessionId = Arc<str>;
 
 const SHARD_QUEUE: usize = 8192;
+/// ICE-TCP connections allowed beyond one per session: reconnects, connections not yet bound.
+const TCP_SLACK: usize = 64;
 /// Kernel buffers of the shared socket: hundreds of subscribers and keyframe bursts.
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -89,6 +95,8 @@ pub struct Engine {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     next_shard: AtomicUsize,
     max_sessions: usize,
+    /// Bounds the ICE-TCP connections held at once, so idle or hostile ones cannot pile up.
+    tcp_permits: Arc<Semaphore>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -130,6 +138,7 @@ impl Engine {
             shards,
             next_shard: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
+            tcp_permits: Arc::new(Semaphore::new(config.max_sessions + TCP_SLACK)),
             tasks: Mutex::new(tasks),
         }))
     }
@@ -174,22 +183,28 @@ impl Engine {
         }
     }
 
-    /// Answers a WHEP offer for `stream` and starts the session.
+    /// Answers a WHEP offer for `stream` and starts the session. `tcp` is where the viewer's
+    /// request arrived, offered as a passive ICE-TCP candidate unless the settings turn it off.
     pub async fn subscribe(
         &self,
         stream: StreamKey,
         has_audio: bool,
         offer_sdp: &str,
+        tcp: Option<TcpCandidate>,
     ) -> Result<Answer, SubscribeError> {
         if self.sessions_held() >= self.max_sessions {
             return Err(SubscribeError::TooManySessions(self.max_sessions));
         }
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
+        let tcp = tcp.filter(|_| factory.ice_tcp);
+        let tcp_candidate = tcp.as_ref().map(|c| c.addr);
         let offer = offer_sdp.to_owned();
         // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
-        let answered = std::panic::catch_unwind(move || peer::answer(&offer, &factory, has_audio))
-            .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
+        let answered = std::panic::catch_unwind(move || {
+            peer::answer(&offer, &factory, has_audio, tcp.as_ref())
+        })
+        .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
         let session: SessionId = peer::random_id().into();
         let etag = format!("\"{}\"", peer::random_id());
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
@@ -225,6 +240,10 @@ impl Engine {
             audio: answered.audio,
             ufrag: answered.local_ufrag,
             candidates,
+            tcp_candidate,
+            tcp_links: Vec::new(),
+            last_protocol: TransportProtocol::UDP,
+            transport: None,
             connected: false,
             known_addrs: Vec::new(),
             created: Instant::now(),
@@ -241,6 +260,21 @@ impl Engine {
             sdp: answered.answer_sdp,
             etag,
         })
+    }
+
+    /// Takes an ICE-TCP connection accepted on the HTTP port and serves it until it closes;
+    /// beyond the connection limit it is closed at once.
+    pub fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr) {
+        let Ok(permit) = self.tcp_permits.clone().try_acquire_owned() else {
+            self.shared.metrics.ice_tcp_refused.inc();
+            warn!(%peer, "ICE-TCP connection limit reached; closing");
+            return;
+        };
+        let (shared, shards) = (self.shared.clone(), self.shards.clone());
+        tokio::spawn(async move {
+            tcp::serve(shared, shards, stream, peer).await;
+            drop(permit);
+        });
     }
 
     pub fn session(&self, id: &str) -> Option<SessionInfo> {

@@ -17,16 +17,20 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::demux::{Route, local_candidate_for};
+use super::tcp::TcpLink;
 use super::{SessionId, Shared};
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
+use crate::dataplane::metrics::Transport;
 
 /// How long a new peer may take to connect before it is reaped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Packets kept per stream so a new viewer starts at the latest keyframe, not the next one.
 const KEYFRAME_CACHE_LIMIT: usize = 4096;
 const TICK: Duration = Duration::from_millis(10);
+/// ICE-TCP connections kept per session.
+const MAX_TCP_LINKS: usize = 2;
 
 pub(super) enum ShardMsg {
     Datagram {
@@ -34,6 +38,17 @@ pub(super) enum ShardMsg {
         session: SessionId,
         data: BytesMut,
         at: Instant,
+        protocol: TransportProtocol,
+    },
+    /// An ICE-TCP connection from `peer` now carries `session`.
+    TcpAttach {
+        session: SessionId,
+        peer: SocketAddr,
+        link: TcpLink,
+    },
+    TcpDetach {
+        session: SessionId,
+        peer: SocketAddr,
     },
     Media {
         stream: StreamKey,
@@ -67,6 +82,14 @@ pub(super) struct Subscriber {
     pub(super) ufrag: String,
     /// Our host candidates as answered; `rtc` drops datagrams not addressed to one of them.
     pub(super) candidates: Vec<SocketAddr>,
+    /// Our passive ICE-TCP candidate as given to `rtc`, the `local_addr` of every TCP packet.
+    pub(super) tcp_candidate: Option<SocketAddr>,
+    /// Open ICE-TCP connections of this session, by the viewer's address.
+    pub(super) tcp_links: Vec<(SocketAddr, TcpLink)>,
+    /// Transport of the last packet received: the one DTLS completed over names the session's.
+    pub(super) last_protocol: TransportProtocol,
+    /// Transport counted in the metrics once connected.
+    pub(super) transport: Option<Transport>,
     pub(super) connected: bool,
     pub(super) known_addrs: Vec<SocketAddr>,
     pub(super) created: Instant,
@@ -149,7 +172,26 @@ impl Shard {
                 session,
                 data,
                 at,
-            } => self.on_datagram(from, &session, data, at),
+                protocol,
+            } => self.on_datagram(from, &session, data, at, protocol),
+            ShardMsg::TcpAttach {
+                session,
+                peer,
+                link,
+            } => {
+                if let Some(sub) = self.peers.get_mut(&session) {
+                    // Few per session (a browser may reconnect); the oldest goes first.
+                    if sub.tcp_links.len() >= MAX_TCP_LINKS {
+                        sub.tcp_links.remove(0);
+                    }
+                    sub.tcp_links.push((peer, link));
+                }
+            }
+            ShardMsg::TcpDetach { session, peer } => {
+                if let Some(sub) = self.peers.get_mut(&session) {
+                    sub.tcp_links.retain(|(addr, _)| *addr != peer);
+                }
+            }
             ShardMsg::Media { stream, packet } => self.on_media(stream, packet),
             ShardMsg::Add(sub) => self.add(*sub),
             ShardMsg::Candidate {
@@ -203,18 +245,28 @@ impl Shard {
         self.service(&id);
     }
 
-    fn on_datagram(&mut self, from: SocketAddr, id: &SessionId, data: BytesMut, at: Instant) {
+    fn on_datagram(
+        &mut self,
+        from: SocketAddr,
+        id: &SessionId,
+        data: BytesMut,
+        at: Instant,
+        protocol: TransportProtocol,
+    ) {
         let Some(sub) = self.peers.get_mut(id) else {
             return;
         };
-        let local_addr = local_candidate_for(&sub.candidates, from);
+        let local_addr = match protocol {
+            TransportProtocol::TCP => sub.tcp_candidate.unwrap_or(from),
+            _ => local_candidate_for(&sub.candidates, from),
+        };
         let result = sub.pc.handle_read(TaggedBytesMut {
             now: at,
             transport: TransportContext {
                 local_addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: data,
         });
@@ -222,7 +274,8 @@ impl Shard {
             self.shared.metrics.rtc_rejected.inc();
             debug!(session = %id, error = %e, "datagram rejected");
         }
-        if !sub.known_addrs.contains(&from) {
+        sub.last_protocol = protocol;
+        if protocol == TransportProtocol::UDP && !sub.known_addrs.contains(&from) {
             sub.known_addrs.push(from);
         }
         self.service(id);
@@ -292,7 +345,10 @@ impl Shard {
         match verdict {
             Verdict::Keep => {}
             Verdict::JustConnected => {
-                info!(session = %id, stream = sub.stream.0, "subscriber connected");
+                let transport = Transport::of(sub.last_protocol);
+                sub.transport = Some(transport);
+                self.shared.metrics.connected(transport).inc();
+                info!(session = %id, stream = sub.stream.0, ?transport, "subscriber connected");
                 let now = Instant::now();
                 if let Some(cache) = self.keyframe_cache.get(&sub.stream) {
                     let mut sent = 0;
@@ -321,6 +377,9 @@ impl Shard {
         let _ = sub.pc.close();
         flush(&self.shared, self.index, &mut sub, &mut self.outbox);
         self.shared.forget_session(id, &sub.ufrag, &sub.known_addrs);
+        if let Some(transport) = sub.transport {
+            self.shared.metrics.connected(transport).dec();
+        }
         info!(session = %id, stream = sub.stream.0, reason, "subscriber closed");
         true
     }
@@ -350,6 +409,19 @@ impl Subscriber {
 fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Verdict {
     while let Some(out) = sub.pc.poll_write() {
         let dest = out.transport.peer_addr;
+        if out.transport.transport_protocol == TransportProtocol::TCP {
+            // The connection the viewer opened from `dest`, else its newest one.
+            let link = sub
+                .tcp_links
+                .iter()
+                .find(|(addr, _)| *addr == dest)
+                .or(sub.tcp_links.last());
+            let sent = link.is_some_and(|(_, link)| link.try_send(out.message).is_ok());
+            if !sent {
+                shared.metrics.tcp_send_dropped.inc();
+            }
+            continue;
+        }
         if !sub.known_addrs.contains(&dest) {
             sub.known_addrs.push(dest);
             shared.routes.write().unwrap().by_addr.insert(

@@ -1,0 +1,124 @@
+//! The HTTP port carries two protocols: HTTP (WHEP, player, health, metrics) and RFC 6544
+//! passive ICE-TCP, so that whatever reaches the port (`kubectl port-forward`, a TCP load
+//! balancer, a proxy tunnel) carries the media too. Each accepted connection is told apart by
+//! its first bytes, in a task of its own so that a slow one never holds up the others; HTTP
+//! connections are then handed to axum, ICE-TCP ones to the media engine.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+use super::media::{Engine, is_ice_tcp_start};
+
+/// A connection must show what it is this soon.
+const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections that have not yet shown what they are, at most.
+const MAX_UNCLASSIFIED: usize = 1024;
+/// How often a connection whose first bytes are too few to tell is looked at again.
+const PEEK_RETRY: Duration = Duration::from_millis(5);
+
+/// The HTTP half of the port, as axum's listener.
+pub struct SplitListener {
+    http: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+/// Both ends of a request's connection, for handlers that need to know how they were reached.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl SplitListener {
+    /// Accepts on `listener` from now on, diverting ICE-TCP connections to `engine`.
+    pub fn spawn(listener: TcpListener, engine: Arc<Engine>) -> std::io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (tx, http) = mpsc::channel(256);
+        tokio::spawn(accept_loop(listener, engine, tx));
+        Ok(SplitListener { http, local_addr })
+    }
+}
+
+impl Listener for SplitListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        match self.http.recv().await {
+            Some(conn) => conn,
+            // The accept loop only ends with the runtime; never hand out anything again.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+}
+
+impl Connected<IncomingStream<'_, SplitListener>> for ConnInfo {
+    fn connect_info(stream: IncomingStream<'_, SplitListener>) -> Self {
+        let peer = *stream.remote_addr();
+        let local = stream.io().local_addr().unwrap_or(peer);
+        ConnInfo { peer, local }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    http: mpsc::Sender<(TcpStream, SocketAddr)>,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_UNCLASSIFIED));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!(%peer, "too many connections not yet classified; closing");
+            continue;
+        };
+        let (engine, http) = (engine.clone(), http.clone());
+        tokio::spawn(async move {
+            let verdict = tokio::time::timeout(CLASSIFY_TIMEOUT, classify(&stream)).await;
+            drop(permit);
+            match verdict {
+                Ok(Ok(Some(true))) => engine.accept_tcp(stream, peer),
+                Ok(Ok(Some(false))) => {
+                    let _ = http.send((stream, peer)).await;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {}
+                Err(_) => debug!(%peer, "connection sent nothing to tell it apart; closed"),
+            }
+        });
+    }
+}
+
+/// `Some(true)` for ICE-TCP, `Some(false)` for anything else (HTTP, or garbage that HTTP will
+/// refuse), `None` when the peer closed first.
+async fn classify(stream: &TcpStream) -> std::io::Result<Option<bool>> {
+    let mut head = [0u8; 10];
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(ice) = is_ice_tcp_start(&head[..n]) {
+            return Ok(Some(ice));
+        }
+        tokio::time::sleep(PEEK_RETRY).await;
+    }
+}
