@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::{ClientError, Viewer, ViewerOptions, ViewerStats, subscribe};
+use crate::client::{ClientError, MediaTransport, Viewer, ViewerOptions, ViewerStats, subscribe};
 
 /// Error reasons listed in the report.
 const SHOWN_ERRORS: usize = 5;
@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Decrypt and inspect media in every viewer (costs the load generator far more CPU).
     #[arg(long)]
     pub inspect_media: bool,
+    /// Media transport the viewers offer: `tcp` forces ICE-TCP to the server's HTTP port.
+    #[arg(long, value_enum, default_value_t = MediaTransport::Udp)]
+    pub transport: MediaTransport,
 }
 
 /// Runs one benchmark and prints its report.
@@ -113,6 +116,7 @@ async fn subscribe_all(args: &BenchArgs) -> Ramp {
             url: args.url.clone(),
             token: args.token.clone(),
             inspect_media: args.inspect_media,
+            transport: args.transport,
         };
         tasks.spawn(async move {
             let result = subscribe(opts).await;
@@ -417,6 +421,7 @@ struct LoadgenFigures {
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     url: String,
+    transport: MediaTransport,
     viewers_requested: usize,
     viewers_connected: usize,
     viewers_failed: usize,
@@ -479,6 +484,7 @@ impl Report {
         let own_steady = clock.secs(window.own_ticks());
         Self {
             url: args.url.clone(),
+            transport: args.transport,
             viewers_requested: args.viewers,
             viewers_connected: connected,
             viewers_failed: args.viewers - connected,
@@ -514,7 +520,10 @@ impl Report {
     }
 
     fn print_human(&self) {
-        println!("== WHEP bench: {}", self.url);
+        println!(
+            "== WHEP bench: {} (media over {:?})",
+            self.url, self.transport
+        );
         println!(
             "viewers    requested {}  connected {}  failed {}  without media {}  closed by server {}",
             self.viewers_requested,

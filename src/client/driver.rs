@@ -1,8 +1,13 @@
 //! The sans-IO driver of one viewer: socket reads, `rtc` timers, and the stop signal.
 
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
 use super::wire::*;
 use super::*;
-use crate::dataplane::media::h264;
+use crate::dataplane::media::{framing, h264};
 
 /// Drives one peer connection: socket reads, `rtc` timers, and the stop signal.
 pub(super) struct Driver {
@@ -10,6 +15,8 @@ pub(super) struct Driver {
     pub(super) socket: UdpSocket,
     /// The advertised candidate address, handed to `rtc` as every datagram's local address.
     pub(super) local_addr: SocketAddr,
+    /// The ICE-TCP connection, opened when `rtc` first sends over TCP.
+    pub(super) tcp: Option<ActiveTcp>,
     pub(super) kinds: PayloadKinds,
     pub(super) loss: LossBySsrc,
     pub(super) inspect: bool,
@@ -48,6 +55,15 @@ impl Driver {
                     }
                     touched |= self.read_available(&mut buf);
                 }
+                (peer, frame) = next_tcp_frame(&mut self.tcp) => match frame {
+                    Some(Ok(frame)) => {
+                        touched |= self.on_datagram(&frame, peer, TransportProtocol::TCP);
+                    }
+                    _ => {
+                        debug!(%peer, "ICE-TCP connection closed");
+                        self.tcp = None;
+                    }
+                },
             }
         }
     }
@@ -76,12 +92,14 @@ impl Driver {
             self.on_event(event);
         }
         while let Some(msg) = self.pc.poll_write() {
-            if let Err(err) = self
-                .socket
-                .send_to(&msg.message, msg.transport.peer_addr)
-                .await
-            {
-                debug!(%err, peer = %msg.transport.peer_addr, "send failed");
+            let peer = msg.transport.peer_addr;
+            let sent = if msg.transport.transport_protocol == TransportProtocol::TCP {
+                self.send_tcp(peer, msg.message).await
+            } else {
+                self.socket.send_to(&msg.message, peer).await.map(drop)
+            };
+            if let Err(err) = sent {
+                debug!(%err, %peer, "send failed");
             }
         }
     }
@@ -91,7 +109,9 @@ impl Driver {
         let mut touched = false;
         for _ in 0..RECV_BATCH {
             match self.socket.try_recv_from(buf) {
-                Ok((n, peer)) => touched |= self.on_datagram(&buf[..n], peer),
+                Ok((n, peer)) => {
+                    touched |= self.on_datagram(&buf[..n], peer, TransportProtocol::UDP)
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     debug!(%err, "recv failed");
@@ -104,7 +124,12 @@ impl Driver {
 
     /// Counts RTP from its header, watches for the server's DTLS alert, and feeds `rtc`
     /// everything it needs (all of it in inspect mode). Returns whether `rtc` was fed.
-    pub(super) fn on_datagram(&mut self, data: &[u8], peer_addr: SocketAddr) -> bool {
+    pub(super) fn on_datagram(
+        &mut self,
+        data: &[u8],
+        peer_addr: SocketAddr,
+        protocol: TransportProtocol,
+    ) -> bool {
         let now = Instant::now();
         match classify(data) {
             Datagram::Rtp => {
@@ -124,7 +149,7 @@ impl Driver {
                 local_addr: self.local_addr,
                 peer_addr,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: BytesMut::from(data),
         };
@@ -219,6 +244,41 @@ impl Driver {
             stats.closed_by_server = true;
             stats.server_closed_at = Some(now);
         }
+    }
+}
+
+/// Our side of an ICE-TCP path: the connection to the server's passive candidate.
+pub(super) struct ActiveTcp {
+    peer: SocketAddr,
+    frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+}
+
+impl Driver {
+    /// Sends one packet over ICE-TCP, connecting to `peer` first if need be.
+    async fn send_tcp(&mut self, peer: SocketAddr, packet: BytesMut) -> std::io::Result<()> {
+        if self.tcp.as_ref().is_none_or(|t| t.peer != peer) {
+            let stream = tokio::time::timeout(HTTP_TIMEOUT, TcpStream::connect(peer)).await??;
+            stream.set_nodelay(true)?;
+            let (read, write) = stream.into_split();
+            self.tcp = Some(ActiveTcp {
+                peer,
+                frames: FramedRead::new(read, framing::codec()),
+                sink: FramedWrite::new(write, framing::codec()),
+            });
+        }
+        let tcp = self.tcp.as_mut().expect("connected above");
+        tcp.sink.send(packet.freeze()).await
+    }
+}
+
+/// The next frame of the ICE-TCP connection; never resolves while there is none.
+async fn next_tcp_frame(
+    tcp: &mut Option<ActiveTcp>,
+) -> (SocketAddr, Option<std::io::Result<BytesMut>>) {
+    match tcp {
+        Some(tcp) => (tcp.peer, tcp.frames.next().await),
+        None => std::future::pending().await,
     }
 }
 

@@ -82,6 +82,20 @@ pub struct ViewerOptions {
     pub token: Option<String>,
     /// Decrypt and parse media (keyframes, SPS, Opus). Off for load tests.
     pub inspect_media: bool,
+    /// How media reaches us: UDP, or only ICE-TCP to the server's passive candidate.
+    pub transport: MediaTransport,
+}
+
+/// The transport a viewer offers for its media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaTransport {
+    /// A UDP host candidate, as browsers prefer.
+    #[default]
+    Udp,
+    /// Only an active ICE-TCP candidate: media over a TCP connection to the server's passive
+    /// candidate (RFC 6544), as a browser behind a UDP-blocking network ends up using.
+    Tcp,
 }
 
 impl ViewerOptions {
@@ -91,6 +105,7 @@ impl ViewerOptions {
             url: url.into(),
             token: None,
             inspect_media: true,
+            transport: MediaTransport::Udp,
         }
     }
 }
@@ -265,7 +280,7 @@ pub async fn subscribe(opts: ViewerOptions) -> Result<Viewer, ClientError> {
     let http = http_client()?;
     let (socket, local_addr) = bind_socket(&url).await?;
     let mut pc = build_peer_connection(opts.inspect_media)?;
-    add_host_candidate(&mut pc, local_addr)?;
+    add_local_candidate(&mut pc, local_addr, opts.transport)?;
     let offer = pc.create_offer(None)?;
     pc.set_local_description(Instant::now(), offer.clone())?;
 
@@ -289,6 +304,7 @@ pub async fn subscribe(opts: ViewerOptions) -> Result<Viewer, ClientError> {
         pc,
         socket,
         local_addr,
+        tcp: None,
         kinds: PayloadKinds::from_sdp(&answer.sdp),
         loss: LossBySsrc::default(),
         inspect: opts.inspect_media,

@@ -89,13 +89,18 @@ pub(super) fn opus_codec() -> RTCRtpCodecParameters {
     }
 }
 
-/// Adds our host candidate and ends gathering, so the offer carries the candidate and
+/// Adds our one candidate and ends gathering, so the offer carries the candidate and
 /// `a=end-of-candidates`: WHEP servers need not support trickle.
-pub(super) fn add_host_candidate(
+pub(super) fn add_local_candidate(
     pc: &mut RTCPeerConnection,
     addr: SocketAddr,
+    transport: MediaTransport,
 ) -> Result<(), ClientError> {
-    pc.add_local_candidate(crate::dataplane::media::host_candidate(addr)?)?;
+    let candidate = match transport {
+        MediaTransport::Udp => crate::dataplane::media::host_candidate(addr)?,
+        MediaTransport::Tcp => crate::dataplane::media::active_tcp_candidate(addr.ip())?,
+    };
+    pc.add_local_candidate(candidate)?;
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(())
 }
@@ -107,7 +112,12 @@ mod tests {
     #[test]
     fn offer_has_fixed_payload_types_candidate_and_recvonly() {
         let mut pc = build_peer_connection(false).unwrap();
-        add_host_candidate(&mut pc, "127.0.0.1:40000".parse().unwrap()).unwrap();
+        add_local_candidate(
+            &mut pc,
+            "127.0.0.1:40000".parse().unwrap(),
+            MediaTransport::Udp,
+        )
+        .unwrap();
         let sdp = pc.create_offer(None).unwrap().sdp;
         assert!(sdp.contains("a=rtpmap:102 H264/90000"), "{sdp}");
         assert!(

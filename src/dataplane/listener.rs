@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
@@ -37,11 +38,16 @@ pub struct ConnInfo {
 }
 
 impl SplitListener {
-    /// Accepts on `listener` from now on, diverting ICE-TCP connections to `engine`.
-    pub fn spawn(listener: TcpListener, engine: Arc<Engine>) -> std::io::Result<Self> {
+    /// Accepts on `listener` from now on, diverting ICE-TCP connections to `engine`; those
+    /// that show nothing in time count as `refused`.
+    pub fn spawn(
+        listener: TcpListener,
+        engine: Arc<Engine>,
+        refused: Counter,
+    ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, http) = mpsc::channel(256);
-        tokio::spawn(accept_loop(listener, engine, tx));
+        tokio::spawn(accept_loop(listener, engine, tx, refused));
         Ok(SplitListener { http, local_addr })
     }
 }
@@ -75,6 +81,7 @@ async fn accept_loop(
     listener: TcpListener,
     engine: Arc<Engine>,
     http: mpsc::Sender<(TcpStream, SocketAddr)>,
+    refused: Counter,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_UNCLASSIFIED));
     loop {
@@ -88,10 +95,11 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
+            refused.inc();
             debug!(%peer, "too many connections not yet classified; closing");
             continue;
         };
-        let (engine, http) = (engine.clone(), http.clone());
+        let (engine, http, refused) = (engine.clone(), http.clone(), refused.clone());
         tokio::spawn(async move {
             let verdict = tokio::time::timeout(CLASSIFY_TIMEOUT, classify(&stream)).await;
             drop(permit);
@@ -101,7 +109,10 @@ async fn accept_loop(
                     let _ = http.send((stream, peer)).await;
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => {}
-                Err(_) => debug!(%peer, "connection sent nothing to tell it apart; closed"),
+                Err(_) => {
+                    refused.inc();
+                    debug!(%peer, "connection sent nothing to tell it apart; closed");
+                }
             }
         });
     }

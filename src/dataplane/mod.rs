@@ -75,6 +75,7 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
     } = feed;
     let factory = translate(&initial.webrtc, &fallback_ips).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Metrics::default();
+    let refused_connections = metrics.ice_tcp_refused.clone();
     let engine = Engine::start(
         EngineConfig {
             bind: SocketAddr::new(args.udp_bind, factory.udp_port),
@@ -142,7 +143,7 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
             tokio::time::sleep(drain).await;
         }
     };
-    let listener = listener::SplitListener::spawn(listener, engine.clone())?;
+    let listener = listener::SplitListener::spawn(listener, engine.clone(), refused_connections)?;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<listener::ConnInfo>(),

@@ -8,16 +8,18 @@ pub mod codecs;
 mod engine;
 mod error;
 mod factory;
+pub mod framing;
 pub mod h264;
 mod outbox;
 mod peer;
 mod source;
 pub mod udp;
 
-pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo, is_ice_tcp_start};
+pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};
 pub use error::SubscribeError;
 pub use factory::{PeerFactoryConfig, translate};
-pub use peer::{TcpCandidate, host_candidate};
+pub use framing::is_ice_tcp_start;
+pub use peer::{TcpCandidate, active_tcp_candidate, host_candidate};
 pub use source::Source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

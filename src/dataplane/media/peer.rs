@@ -25,7 +25,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
 use super::factory::PeerFactoryConfig;
@@ -219,35 +219,38 @@ pub fn answer(
     })
 }
 
-/// A host candidate for `addr`: our advertised address in an answer, or a viewer's own.
+/// A UDP host candidate for `addr`: our advertised address in an answer, or a viewer's own.
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    RTCIceCandidate::from(&candidate).to_json()
+    candidate("udp", addr, TcpType::Unspecified)
+}
+
+/// An active ICE-TCP host candidate (RFC 6544): a viewer that connects out from `ip`; port 9
+/// by convention, since the real one is only known once connected.
+pub fn active_tcp_candidate(ip: IpAddr) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
+    candidate("tcp", SocketAddr::new(ip, 9), TcpType::Active)
 }
 
 /// A passive ICE-TCP host candidate (RFC 6544) at `addr`.
 fn passive_tcp_candidate(
     addr: SocketAddr,
 ) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
+    candidate("tcp", addr, TcpType::Passive)
+}
+
+fn candidate(
+    network: &str,
+    addr: SocketAddr,
+    tcp_type: TcpType,
+) -> Result<RTCIceCandidateInit, rtc::shared::error::Error> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "tcp".to_owned(),
+            network: network.to_owned(),
             address: addr.ip().to_string(),
             port: addr.port(),
             component: 1,
             ..Default::default()
         },
-        tcp_type: TcpType::Passive,
+        tcp_type,
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()

@@ -8,8 +8,6 @@ mod demux;
 mod shard;
 mod tcp;
 
-pub use tcp::is_ice_tcp_start;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
