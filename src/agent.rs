@@ -13,9 +13,6 @@ use tracing::{info, warn};
 use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
 use crate::entries::{self, StreamEntries};
 
-/// Seconds a terminating pod stays up, not ready, before closing its sessions.
-const AGENT_DRAIN_SECONDS: u64 = 5;
-
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
     /// Namespace of the WebRTCEgress (from the downward API in pods).
@@ -41,7 +38,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("watch on ConfigMap {name} ended"))?;
     args.data_plane
         .drain_seconds
-        .get_or_insert(AGENT_DRAIN_SECONDS);
+        .get_or_insert(u64::from(crate::crd::DEFAULT_DRAIN_SECONDS));
     let fallback_ips = advertised_fallback(&client, &args.data_plane).await;
     dataplane::run(
         args.data_plane,

@@ -30,6 +30,10 @@ pub const API_VERSION: &str = "webrtc.dragonfork.io/v1alpha1";
 pub const KIND: &str = "WebRTCEgress";
 /// Name used when a manifest on disk has no `metadata.name`.
 pub const DEFAULT_NAME: &str = "default";
+/// How long terminating pods keep their viewers unless the resource says otherwise: long, as
+/// live viewers are not to be cut by a rollout.
+pub const DEFAULT_DRAIN_SECONDS: u32 = 3600;
+const MAX_DRAIN_SECONDS: u32 = 86_400;
 /// UDP port shared by all peers of a pod unless the manifest says otherwise.
 pub const DEFAULT_UDP_PORT: u16 = 8189;
 
@@ -141,6 +145,19 @@ pub struct PodSettings {
     /// Nodes the pods may run on.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Seconds a terminating pod (rollout, scale-in, node drain) keeps serving the viewers it
+    /// holds, refusing new ones, before closing what is left; it exits as soon as the last
+    /// viewer leaves. 3600 when omitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_DRAIN_SECONDS), extend("format" = "int32"))]
+    pub drain_seconds: Option<u32>,
+}
+
+impl PodSettings {
+    /// `drainSeconds`, or its default.
+    pub fn drain_seconds(&self) -> u32 {
+        self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS)
+    }
 }
 
 impl PodSettings {

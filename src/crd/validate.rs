@@ -168,6 +168,14 @@ fn validate_pod(pod: &PodSettings, errors: &mut Vec<FieldError>) {
     if pod.image.as_deref() == Some("") {
         errors.push(FieldError::new("spec.pod.image", "must not be empty"));
     }
+    if let Some(drain) = pod.drain_seconds
+        && drain > MAX_DRAIN_SECONDS
+    {
+        errors.push(FieldError::new(
+            "spec.pod.drainSeconds",
+            format!("{drain} is out of range 0..{MAX_DRAIN_SECONDS}"),
+        ));
+    }
     let Some(resources) = &pod.resources else {
         return;
     };

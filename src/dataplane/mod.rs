@@ -49,11 +49,15 @@ pub struct DataPlaneArgs {
     /// Most WHEP sessions held at once; more get 503.
     #[arg(long, default_value_t = 2000)]
     pub max_sessions: usize,
-    /// On SIGTERM, report not-ready and keep serving this long before closing every session
-    /// (default: 0 for `serve`, 5 for `agent`, so load balancers stop routing first).
+    /// On SIGTERM: report not-ready and refuse new sessions at once, keep serving the viewers
+    /// held until they leave or this many seconds pass, then close what is left and exit
+    /// (default: 0 for `serve`; the operator sets the resource's `spec.pod.drainSeconds`).
     #[arg(long)]
     pub drain_seconds: Option<u64>,
 }
+
+/// How often a draining server looks whether its last viewer has left.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
 
 /// Where the desired state comes from.
 pub struct SpecFeed {
@@ -134,13 +138,22 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
     };
 
     let draining = {
-        let ready = ready.clone();
+        let (ready, engine) = (ready.clone(), engine.clone());
         let drain = Duration::from_secs(args.drain_seconds.unwrap_or(0));
         async move {
             health::shutdown_signal().await;
-            info!(?drain, "shutting down: not ready, draining");
             ready.store(false, Ordering::Release);
-            tokio::time::sleep(drain).await;
+            engine.stop_accepting();
+            let held = engine.sessions_held();
+            info!(
+                ?drain,
+                held, "shutting down: not ready, new sessions refused, draining"
+            );
+            let deadline = tokio::time::Instant::now() + drain;
+            while engine.sessions_held() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            info!(left = engine.sessions_held(), "drained");
         }
     };
     let listener = listener::SplitListener::spawn(listener, engine.clone(), refused_connections)?;

@@ -77,7 +77,9 @@ impl From<SubscribeError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             SubscribeError::StreamGone | SubscribeError::UnknownSession => StatusCode::NOT_FOUND,
-            SubscribeError::TooManySessions(_) | SubscribeError::Closed => {
+            SubscribeError::TooManySessions(_)
+            | SubscribeError::Closed
+            | SubscribeError::Draining => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after();
             }
             SubscribeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

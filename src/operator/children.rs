@@ -34,6 +34,8 @@ pub const POD_CONFIG_HASH: &str = "webrtc.dragonfork.io/pod-config-hash";
 pub const DESIRED_HASH: &str = "webrtc.dragonfork.io/desired-hash";
 
 const CONTAINER: &str = "egress";
+/// Beyond the drain time: closing what is left and stopping FFmpeg.
+const TERMINATION_SLACK_SECONDS: i64 = 30;
 const COMPONENT: &str = "egress";
 const APP_NAME: &str = "webrtc-egress";
 /// UID and GID of the image's non-root user (created in the Dockerfile).
@@ -199,6 +201,7 @@ pub fn deployment(egress: &WebRTCEgress, agent: &AgentConfig) -> Result<Deployme
 fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &str) -> PodSpec {
     let settings = &egress.spec.pod;
     let udp_port = i32::from(egress.spec.webrtc.udp_port);
+    let drain = settings.drain_seconds();
     let args = [
         "agent",
         "--namespace",
@@ -209,7 +212,10 @@ fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &
     ]
     .into_iter()
     .map(String::from)
-    .chain([format!("0.0.0.0:{HTTP_PORT}")])
+    .chain([
+        format!("0.0.0.0:{HTTP_PORT}"),
+        format!("--drain-seconds={drain}"),
+    ])
     .collect();
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -229,8 +235,9 @@ fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &
             .then(|| "ClusterFirstWithHostNet".into()),
         enable_service_links: Some(false),
         node_selector: (!settings.node_selector.is_empty()).then(|| settings.node_selector.clone()),
-        // No preStop sleep: on SIGTERM the agent turns unready and drains its sessions itself.
-        termination_grace_period_seconds: Some(30),
+        // No preStop sleep: on SIGTERM the agent turns unready, refuses new sessions and keeps
+        // its viewers for the drain time itself; the grace period only has to outlast it.
+        termination_grace_period_seconds: Some(i64::from(drain) + TERMINATION_SLACK_SECONDS),
         containers: vec![Container {
             name: CONTAINER.into(),
             image: Some(
@@ -555,7 +562,7 @@ mod tests {
         );
         let pod = pod_of(&deployment);
         assert_eq!(pod.service_account_name.as_deref(), Some("egress-agent"));
-        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+        assert_eq!(pod.termination_grace_period_seconds, Some(3630));
         assert_eq!(pod.host_network, None);
         let c = container(&deployment);
         assert_eq!(c.image.as_deref(), Some("example.org/egress:test"));
@@ -568,7 +575,8 @@ mod tests {
                 "--name",
                 "studio",
                 "--listen",
-                "0.0.0.0:8080"
+                "0.0.0.0:8080",
+                "--drain-seconds=3600"
             ]
         );
         let env: Vec<_> = c

@@ -143,6 +143,16 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, as Kubernetes stops a pod; does not wait.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
     }

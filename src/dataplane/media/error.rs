@@ -14,6 +14,8 @@ pub enum SubscribeError {
     BadCandidate(String),
     #[error("engine is closed")]
     Closed,
+    #[error("this server is draining: new sessions go to another replica")]
+    Draining,
     #[error("internal WebRTC error: {0}")]
     Internal(String),
 }

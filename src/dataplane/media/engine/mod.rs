@@ -10,7 +10,7 @@ mod tcp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -95,6 +95,8 @@ pub struct Engine {
     max_sessions: usize,
     /// Bounds the ICE-TCP connections held at once, so idle or hostile ones cannot pile up.
     tcp_permits: Arc<Semaphore>,
+    /// Cleared when draining: sessions held keep flowing, new ones are refused.
+    accepting: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -137,6 +139,7 @@ impl Engine {
             next_shard: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
             tcp_permits: Arc::new(Semaphore::new(config.max_sessions + TCP_SLACK)),
+            accepting: AtomicBool::new(true),
             tasks: Mutex::new(tasks),
         }))
     }
@@ -190,6 +193,9 @@ impl Engine {
         offer_sdp: &str,
         tcp: Option<TcpCandidate>,
     ) -> Result<Answer, SubscribeError> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Err(SubscribeError::Draining);
+        }
         if self.sessions_held() >= self.max_sessions {
             return Err(SubscribeError::TooManySessions(self.max_sessions));
         }
@@ -273,6 +279,11 @@ impl Engine {
             tcp::serve(shared, shards, stream, peer).await;
             drop(permit);
         });
+    }
+
+    /// Refuses new sessions from now on; those held carry on until they end.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
     }
 
     pub fn session(&self, id: &str) -> Option<SessionInfo> {
