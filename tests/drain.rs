@@ -5,12 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Process, Server, wait_until};
-use webrtc_egress::client::{ViewerOptions, ViewerStats, subscribe};
-
-fn has_av(s: &ViewerStats) -> bool {
-    s.idr_seen && s.sps_seen && s.opus_seen
-}
+use common::{Process, Server, playing_viewer, wait_until};
+use webrtc_egress::client::{ViewerOptions, subscribe};
 
 #[tokio::test]
 async fn a_draining_server_keeps_its_viewers_refuses_new_ones_and_exits_when_they_leave() {
@@ -19,13 +15,7 @@ async fn a_draining_server_keeps_its_viewers_refuses_new_ones_and_exits_when_the
         &["--drain-seconds", "120"],
     );
     server.wait_live("cam1").await;
-    let viewer = subscribe(ViewerOptions::new(server.whep_url("cam1")))
-        .await
-        .expect("subscribe");
-    viewer
-        .wait_for(has_av, Duration::from_secs(20))
-        .await
-        .expect("plays before the drain");
+    let viewer = playing_viewer(server.whep_url("cam1")).await;
 
     server.terminate();
     let http = reqwest::Client::new();

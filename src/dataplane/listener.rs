@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -66,14 +65,6 @@ impl Listener for SplitListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local_addr)
-    }
-}
-
-impl Connected<IncomingStream<'_, SplitListener>> for ConnInfo {
-    fn connect_info(stream: IncomingStream<'_, SplitListener>) -> Self {
-        let peer = *stream.remote_addr();
-        let local = stream.io().local_addr().unwrap_or(peer);
-        ConnInfo { peer, local }
     }
 }
 

@@ -12,9 +12,11 @@ use tracing::{error, info};
 
 mod authority;
 pub mod ffmpeg;
+mod http;
 mod listener;
 pub mod media;
 pub mod metrics;
+mod ratelimit;
 pub mod subsystem;
 pub mod whep;
 mod whep_pages;
@@ -46,6 +48,15 @@ pub struct DataPlaneArgs {
     /// `X-Forwarded-Host` / `Forwarded`; only behind a proxy that sets them.
     #[arg(long)]
     pub trust_forwarded_headers: bool,
+    /// WHEP offers answered at once; more get 503 + Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_offers_in_flight: usize,
+    /// WHEP offers a second from one client address (bursts of twice that); more get 429 +
+    /// Retry-After. 0 turns the limit off.
+    #[arg(long, default_value_t = 50)]
+    pub offer_rate_per_ip: u32,
+    #[command(flatten)]
+    pub http: http::HttpLimits,
     /// Most WHEP sessions held at once; more get 503.
     #[arg(long, default_value_t = 2000)]
     pub max_sessions: usize,
@@ -109,6 +120,9 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
         metrics,
         ready: ready.clone(),
         trust_forwarded: args.trust_forwarded_headers,
+        offers_in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_offers_in_flight)),
+        offer_rate: Arc::new(ratelimit::RateLimiter::new(args.offer_rate_per_ip)),
+        request_timeout: Duration::from_secs(args.http.request_timeout_secs),
     });
     subsystem.apply(&initial.processes).await?;
 
@@ -156,13 +170,9 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
             info!(left = engine.sessions_held(), "drained");
         }
     };
-    let listener = listener::SplitListener::spawn(listener, engine.clone(), refused_connections)?;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<listener::ConnInfo>(),
-    )
-    .with_graceful_shutdown(draining)
-    .await?;
+    let listener =
+        listener::SplitListener::spawn(listener, engine.clone(), refused_connections.clone())?;
+    http::serve(listener, app, &args.http, refused_connections, draining).await;
     applier.abort();
     subsystem.close().await;
     engine.close().await;

@@ -2,18 +2,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
+use tokio::sync::Semaphore;
 
 use super::authority;
+use super::http;
 use super::listener::ConnInfo;
+use super::ratelimit::RateLimiter;
 use crate::dataplane::media::{Engine, PeerFactoryConfig, StreamKey, SubscribeError};
 use crate::dataplane::metrics::Metrics;
 use crate::dataplane::subsystem::{Subsystem, TeardownHook};
@@ -22,6 +26,8 @@ use crate::health;
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const RETRY_AFTER_SECS: &str = "2";
+/// Largest request body accepted: SDP offers and trickle fragments are a few kB.
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,6 +41,12 @@ pub struct AppState {
     /// Take the viewer-facing host from `X-Forwarded-Host` / `Forwarded` (set only behind a
     /// proxy that overwrites them).
     pub trust_forwarded: bool,
+    /// Offers processed at once; answering one is the expensive request.
+    pub offers_in_flight: Arc<Semaphore>,
+    /// Offers per client address.
+    pub offer_rate: Arc<RateLimiter>,
+    /// Deadline of a whole request, body included.
+    pub request_timeout: Duration,
 }
 
 /// An HTTP error with a plain-text reason; every failure a client can cause ends here.
@@ -53,11 +65,15 @@ impl ApiError {
         }
     }
 
-    fn retry_after(mut self) -> Self {
-        self.headers.push((
+    fn retry_after(self) -> Self {
+        self.with_header(
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
-        ));
+        )
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 }
@@ -103,6 +119,12 @@ pub fn router(state: AppState) -> Router {
                 .options(preflight),
         )
         .merge(health)
+        // An SDP offer is a few kB; nothing we accept comes near this.
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.request_timeout,
+            http::request_deadline,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cors_and_count,
@@ -237,6 +259,22 @@ async fn offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = state.offer_rate.check(conn.peer.ip(), Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many offers from {}: retry in {secs} s", conn.peer.ip()),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(secs)));
+    }
+    let _in_flight = state
+        .offers_in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many offers in flight")
+                .retry_after()
+        })?;
     authorize(&state, &headers)?;
     require_content_type(&headers, SDP)?;
     let stream = state

@@ -195,3 +195,20 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether a viewer has seen an H.264 keyframe with its SPS, and Opus.
+pub fn has_av(s: &webrtc_egress::client::ViewerStats) -> bool {
+    s.idr_seen && s.sps_seen && s.opus_seen
+}
+
+/// Subscribes a viewer to `url` and waits until it plays video and audio.
+pub async fn playing_viewer(url: String) -> webrtc_egress::client::Viewer {
+    let viewer = webrtc_egress::client::subscribe(webrtc_egress::client::ViewerOptions::new(url))
+        .await
+        .expect("subscribe");
+    viewer
+        .wait_for(has_av, Duration::from_secs(20))
+        .await
+        .expect("H.264 keyframe with SPS, and Opus");
+    viewer
+}
