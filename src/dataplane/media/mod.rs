@@ -13,6 +13,7 @@ pub mod h264;
 mod outbox;
 mod peer;
 mod source;
+mod stun;
 pub mod udp;
 
 pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};

@@ -14,6 +14,7 @@ use tracing::debug;
 
 use super::shard::ShardMsg;
 use super::{SessionId, Shared};
+use crate::dataplane::media::stun;
 
 #[derive(Clone)]
 pub(super) struct Route {
@@ -41,7 +42,7 @@ pub(super) async fn read_socket(shared: Arc<Shared>, shards: Vec<mpsc::Sender<Sh
         let data = &buf[..n];
         let route = shared.routes.read().unwrap().by_addr.get(&from).cloned();
         let route = route.or_else(|| {
-            let ufrag = stun_local_ufrag(data)?;
+            let ufrag = stun::local_ufrag(data)?;
             let mut routes = shared.routes.write().unwrap();
             let route = routes.by_ufrag.get(ufrag)?.clone();
             routes.by_addr.insert(from, route.clone());
@@ -84,44 +85,9 @@ pub(super) fn local_candidate_for(candidates: &[SocketAddr], remote: SocketAddr)
         .unwrap_or(remote)
 }
 
-/// The first half of a STUN request's USERNAME (`ours:theirs`), i.e. our local ufrag.
-pub(super) fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
-    const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-    if data.len() < 20 || data[0] > 3 || data[4..8] != MAGIC {
-        return None;
-    }
-    let mut at = 20;
-    while at + 4 <= data.len() {
-        let typ = u16::from_be_bytes([data[at], data[at + 1]]);
-        let len = u16::from_be_bytes([data[at + 2], data[at + 3]]) as usize;
-        let value = data.get(at + 4..at + 4 + len)?;
-        if typ == 0x0006 {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
-        }
-        at += 4 + len.div_ceil(4) * 4;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stun_username_routes_by_our_ufrag() {
-        let mut msg = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
-        msg.extend([0u8; 12]);
-        let username = b"ours:theirs";
-        msg.extend([0x00, 0x06, 0, username.len() as u8]);
-        msg.extend(username);
-        msg.push(0);
-        assert_eq!(stun_local_ufrag(&msg), Some("ours"));
-        assert_eq!(stun_local_ufrag(&msg[..10]), None);
-        let mut rtp = msg.clone();
-        rtp[0] = 0x80;
-        assert_eq!(stun_local_ufrag(&rtp), None);
-    }
 
     #[test]
     fn local_candidate_matches_remote_scope() {

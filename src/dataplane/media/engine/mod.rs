@@ -248,6 +248,7 @@ impl Engine {
             tcp_links: Vec::new(),
             last_protocol: TransportProtocol::UDP,
             transport: None,
+            nomination: None,
             connected: false,
             known_addrs: Vec::new(),
             created: Instant::now(),

@@ -21,6 +21,7 @@ use super::tcp::TcpLink;
 use super::{SessionId, Shared};
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
+use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
 use crate::dataplane::metrics::Transport;
 
@@ -29,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Packets kept per stream so a new viewer starts at the latest keyframe, not the next one.
 const KEYFRAME_CACHE_LIMIT: usize = 4096;
 const TICK: Duration = Duration::from_millis(10);
+/// How often a nomination `rtc` may have ignored is handed back to it.
+const NOMINATION_REPLAY: Duration = Duration::from_millis(50);
 /// ICE-TCP connections kept per session.
 const MAX_TCP_LINKS: usize = 2;
 
@@ -90,9 +93,23 @@ pub(super) struct Subscriber {
     pub(super) last_protocol: TransportProtocol,
     /// Transport counted in the metrics once connected.
     pub(super) transport: Option<Transport>,
+    /// The viewer's latest nomination while we are not connected, replayed until it takes.
+    pub(super) nomination: Option<Nomination>,
     pub(super) connected: bool,
     pub(super) known_addrs: Vec<SocketAddr>,
     pub(super) created: Instant,
+}
+
+/// A USE-CANDIDATE binding request kept for replay. `rtc` 0.21's controlled agent ignores a
+/// nomination that arrives before its own check on that pair has succeeded; Chromium nominates
+/// again, Firefox does not, and ICE would then fail. Handing the same request (same
+/// transaction, same integrity) back to `rtc` once the check has succeeded selects the pair as
+/// RFC 8445 §7.3.1.5 intends; the viewer sees at most a duplicate success response.
+pub(super) struct Nomination {
+    data: BytesMut,
+    from: SocketAddr,
+    protocol: TransportProtocol,
+    replayed: Instant,
 }
 
 pub(super) struct Shard {
@@ -260,6 +277,14 @@ impl Shard {
             TransportProtocol::TCP => sub.tcp_candidate.unwrap_or(from),
             _ => local_candidate_for(&sub.candidates, from),
         };
+        if !sub.connected && stun::is_nomination(&data) {
+            sub.nomination = Some(Nomination {
+                data: data.clone(),
+                from,
+                protocol,
+                replayed: at,
+            });
+        }
         let result = sub.pc.handle_read(TaggedBytesMut {
             now: at,
             transport: TransportContext {
@@ -309,6 +334,7 @@ impl Shard {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        self.replay_nominations(now);
         let ids: Vec<SessionId> = self
             .peers
             .iter_mut()
@@ -336,6 +362,27 @@ impl Shard {
         }
     }
 
+    /// Hands each pending nomination back to `rtc` (see [`Nomination`]), at most every
+    /// [`NOMINATION_REPLAY`], until the session connects.
+    fn replay_nominations(&mut self, now: Instant) {
+        let due: Vec<(SessionId, BytesMut, SocketAddr, TransportProtocol)> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, sub)| {
+                let nomination = sub.nomination.as_mut()?;
+                if sub.connected || now.duration_since(nomination.replayed) < NOMINATION_REPLAY {
+                    return None;
+                }
+                nomination.replayed = now;
+                let n = &*nomination;
+                Some((id.clone(), n.data.clone(), n.from, n.protocol))
+            })
+            .collect();
+        for (id, data, from, protocol) in due {
+            self.on_datagram(from, &id, data, now, protocol);
+        }
+    }
+
     /// Drains a peer's outputs and acts on its state changes.
     fn service(&mut self, id: &SessionId) {
         let Some(sub) = self.peers.get_mut(id) else {
@@ -347,6 +394,7 @@ impl Shard {
             Verdict::JustConnected => {
                 let transport = Transport::of(sub.last_protocol);
                 sub.transport = Some(transport);
+                sub.nomination = None;
                 self.shared.metrics.connected(transport).inc();
                 info!(session = %id, stream = sub.stream.0, ?transport, "subscriber connected");
                 let now = Instant::now();

@@ -27,10 +27,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::debug;
 
-use super::demux::stun_local_ufrag;
 use super::shard::ShardMsg;
 use super::{SessionId, Shared};
-use crate::dataplane::media::framing;
+use crate::dataplane::media::{framing, stun};
 
 /// The first frame must come this soon after the connection is told apart from HTTP.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,7 +72,7 @@ pub(super) async fn serve(
     let bound = next_frame(&mut frames, FIRST_FRAME_TIMEOUT)
         .await
         .and_then(|frame| {
-            let ufrag = stun_local_ufrag(&frame).ok_or(Closed::UnknownSession)?;
+            let ufrag = stun::local_ufrag(&frame).ok_or(Closed::UnknownSession)?;
             let route = shared.routes.read().unwrap().by_ufrag.get(ufrag).cloned();
             route.map(|r| (r, frame)).ok_or(Closed::UnknownSession)
         });
