@@ -62,3 +62,11 @@ pub(super) fn parse_error(text: &str) -> String {
         other => panic!("expected a parse error, got {other:?}"),
     }
 }
+
+/// The field errors of a manifest, as displayed.
+pub(super) fn field_errors(text: &str) -> String {
+    match parse_manifest(text) {
+        Err(ManifestError::Invalid(errors)) => errors.to_string(),
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}

@@ -16,6 +16,7 @@ mod fixtures;
 mod manifest;
 mod quantity;
 mod schema;
+mod structural;
 mod validate;
 
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
@@ -519,7 +520,7 @@ mod tests {
         assert!(json.get("pod").is_none(), "{json}");
 
         let bad = manifest_with_spec("  pod: {serviceType: ExternalName}\n");
-        assert!(parse_error(&bad).contains("spec.pod.serviceType"));
+        assert!(field_errors(&bad).starts_with("spec.pod.serviceType: unsupported value"));
     }
 
     #[test]

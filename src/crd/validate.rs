@@ -310,9 +310,9 @@ mod tests {
         spec.webrtc.udp_port = 65535;
         assert_eq!(validate(&spec), Ok(()));
 
-        // Beyond u16 the type itself refuses, and serde_yaml names the field.
+        // Beyond u16 the type itself refuses, naming the field.
         let text = manifest_with_spec("  webrtc: {udpPort: 70000}\n");
-        let message = parse_error(&text);
+        let message = field_errors(&text);
         assert!(message.contains("spec.webrtc.udpPort"), "{message}");
         assert!(message.contains("70000"), "{message}");
     }
