@@ -81,10 +81,13 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
         }
         Err(ManifestError::Invalid(ValidationErrors(errors))) => {
             let lines: Vec<String> = errors.iter().map(|e| format!("\n  {e}")).collect();
+            let count = match errors.len() {
+                1 => "1 error".to_owned(),
+                n => format!("{n} errors"),
+            };
             anyhow::bail!(
-                "{}: invalid WebRTCEgress ({} errors):{}",
+                "{}: invalid WebRTCEgress ({count}):{}",
                 file.display(),
-                errors.len(),
                 lines.concat()
             )
         }

@@ -47,7 +47,10 @@ fn duplicate_process_ids_are_refused() {
     );
     let (ok, stderr) = run_serve(&yaml, &[]);
     assert!(!ok);
-    assert!(stderr.contains("spec.processes[1].id"), "{stderr}");
+    assert!(
+        stderr.contains(r#"spec.processes[1]: duplicate process id "cam1""#),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,0 +1,126 @@
+//! The parity cases of `tests/parity/cases.yaml` and how each side's verdict is read: the API
+//! server's through kubectl's error text, `webrtc-egress validate`'s through its output. Both
+//! are reduced to accepted-or-not plus the set of field paths named.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::process::Output;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub valid: bool,
+    pub yaml: String,
+    #[serde(default)]
+    pub divergence: Option<String>,
+}
+
+pub fn cases() -> Vec<Case> {
+    let text = include_str!("cases.yaml");
+    let cases: Vec<Case> = serde_yaml::from_str(text).expect("tests/parity/cases.yaml");
+    let mut names = BTreeSet::new();
+    for case in &cases {
+        assert!(names.insert(&case.name), "duplicate case {}", case.name);
+    }
+    cases
+}
+
+impl Case {
+    /// The whole manifest: the case's YAML under the type and object metadata.
+    pub fn manifest(&self) -> String {
+        format!(
+            "apiVersion: webrtc.dragonfork.io/v1alpha1\nkind: WebRTCEgress\nmetadata:\n  name: {}\n{}",
+            self.name, self.yaml
+        )
+    }
+}
+
+/// One side's judgement of a manifest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub accepted: bool,
+    pub paths: BTreeSet<String>,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.accepted {
+            f.write_str("accepted")
+        } else {
+            let paths: Vec<&str> = self.paths.iter().map(String::as_str).collect();
+            write!(f, "refused [{}]", paths.join(", "))
+        }
+    }
+}
+
+/// A field path as the API server writes it: `spec.processes[0].id`, `spec.pod.x.y`.
+const PATH: &str = r"[A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_./-]*[A-Za-z0-9_-]|\[[^\]\s]*\])*";
+
+/// `field.ErrorType` texts the API server puts after a path.
+const ERROR_TYPES: &str = "Invalid value|Required value|Unsupported value|Duplicate value|\
+                           Too many|Too long|Too short|Forbidden|Not found|Internal error";
+
+/// The API server's verdict from `kubectl apply --dry-run=server`'s output. Field errors read
+/// `PATH: Invalid value: ...` (one, or several in a list); unknown fields read
+/// `unknown field "PATH"`. A refusal that is neither (no cluster, no CRD) is a test failure,
+/// never a verdict.
+pub fn api_verdict(output: &Output) -> Verdict {
+    static FIELD: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(&format!(r"({PATH}): (?:{ERROR_TYPES})\b")).unwrap());
+    static STRICT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"(?:unknown|duplicate) field "([^"]+)""#).unwrap());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return Verdict {
+            accepted: true,
+            paths: BTreeSet::new(),
+        };
+    }
+    assert!(
+        stderr.contains(" is invalid") || stderr.contains("strict decoding error"),
+        "kubectl failed for another reason than the manifest: {stderr}"
+    );
+    let mut paths: BTreeSet<String> = STRICT
+        .captures_iter(&stderr)
+        .map(|c| c[1].to_owned())
+        .collect();
+    for capture in FIELD.captures_iter(&stderr) {
+        // The message of an `Invalid value` repeats paths (`spec.x in body should ...`), never
+        // followed by an error type; `<nil>` (rules skipped after a type error) has no path.
+        paths.insert(capture[1].to_owned());
+    }
+    assert!(!paths.is_empty(), "no field path in: {stderr}");
+    Verdict {
+        accepted: false,
+        paths,
+    }
+}
+
+/// `webrtc-egress validate`'s verdict: it prints one `  PATH: message` line per field error.
+pub fn our_verdict(output: &Output) -> Verdict {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return Verdict {
+            accepted: true,
+            paths: BTreeSet::new(),
+        };
+    }
+    let paths: BTreeSet<String> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("  "))
+        .filter_map(|line| line.split_once(": ").map(|(path, _)| path.to_owned()))
+        .collect();
+    assert!(
+        !paths.is_empty(),
+        "validate refused without naming a field: {stderr}"
+    );
+    Verdict {
+        accepted: false,
+        paths,
+    }
+}
