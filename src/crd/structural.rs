@@ -90,7 +90,11 @@ impl Walk {
             } else {
                 expected.unwrap_or_default()
             };
-            self.error(path, format!("must be of type {wanted}, not {actual}"), true);
+            self.error(
+                path,
+                format!("must be of type {wanted}, not {actual}"),
+                true,
+            );
             return;
         }
         if let Some(options) = schema.get("enum").and_then(Json::as_array) {
