@@ -529,8 +529,10 @@ fn validate_agrees_with_the_api_server() {
         }
         match (&case.divergence, agree) {
             (None, false) => failures.push(format!(
-                "{}: the API server says {api}, validate says {ours}",
-                case.name
+                "{}: the API server says {api}, validate says {ours}\n  kubectl: {}\n  validate: {}",
+                case.name,
+                api.text.trim(),
+                ours.text.trim()
             )),
             (Some(_), true) => failures.push(format!(
                 "{}: allowed to differ but both say {api}; remove its `divergence`",

@@ -85,6 +85,15 @@ impl Walk {
             expected.is_none_or(|t| t == actual || (t == "number" && actual == "integer"))
         };
         if !allowed {
+            self.undecodable = true;
+            // The API server prunes a mapping's fields against the schema before it checks
+            // types: where no object belongs, each of its fields is unknown.
+            if let Yaml::Mapping(map) = value
+                && !map.is_empty()
+            {
+                let unknown = schema_without_fields(schema);
+                return self.object(map, &unknown, path, false);
+            }
             let wanted = if int_or_string {
                 "integer or string"
             } else {
@@ -189,6 +198,12 @@ impl Walk {
             }
         }
     }
+}
+
+/// `schema` as an object schema would be read with no fields allowed.
+fn schema_without_fields(schema: &Json) -> Json {
+    let open = flag(schema, "x-kubernetes-preserve-unknown-fields");
+    serde_json::json!({"x-kubernetes-preserve-unknown-fields": open})
 }
 
 fn flag(schema: &Json, name: &str) -> bool {
@@ -341,6 +356,20 @@ mod tests {
                 "spec.pod.hostNetwork: must be of type boolean, not string",
                 "spec.pod.nodeSelector.a: must be of type string, not integer",
                 "spec.pod.resources.limits.cpu: must be of type integer or string, not number",
+            ]
+        );
+        assert!(check(serde_yaml::from_str(&text).unwrap()).undecodable);
+        // Where no object belongs, a mapping's fields are unknown (an empty one is a type
+        // error), as the API server's pruning reports them.
+        let text = manifest(
+            "  processes: {cam1: {inputs: []}}\n  webrtc: {nat1To1IPs: [{ip: 1.2.3.4}], publicIP: {}}\n",
+        );
+        assert_eq!(
+            errors_of(&text),
+            [
+                "spec.processes.cam1: unknown field",
+                "spec.webrtc.nat1To1IPs[0].ip: unknown field",
+                "spec.webrtc.publicIP: must be of type string, not object",
             ]
         );
         assert!(check(serde_yaml::from_str(&text).unwrap()).undecodable);
