@@ -129,3 +129,91 @@ pub fn our_verdict(output: &Output) -> Verdict {
         text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    fn output(code: i32, stderr: &str) -> Output {
+        Output {
+            status: ExitStatus::from_raw(code << 8),
+            stdout: vec![],
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    fn paths(verdict: &Verdict) -> Vec<&str> {
+        verdict.paths.iter().map(String::as_str).collect()
+    }
+
+    /// The shapes of kubectl's refusals, as kube-apiserver 1.37 words them.
+    #[test]
+    fn api_server_refusals_are_read_as_paths() {
+        let list = api_verdict(&output(
+            1,
+            "The WebRTCEgress \"x\" is invalid: \n\
+             * spec.processes[2].inputs[0].address: Invalid value: \"boolean\": \
+             spec.processes[2].inputs[0].address in body must be of type string: \"boolean\"\n\
+             * spec.processes[2]: Duplicate value: {\"id\":\"cam1\"}\n\
+             * spec.pod.resources.limits.example.org/gpu: Invalid value: \"x\": ...\n\
+             * <nil>: Invalid value: null: some validation rules were not checked because the \
+             object was invalid; correct the existing errors to complete validation\n",
+        ));
+        assert!(!list.accepted);
+        assert_eq!(
+            paths(&list),
+            [
+                "spec.pod.resources.limits.example.org/gpu",
+                "spec.processes[2]",
+                "spec.processes[2].inputs[0].address"
+            ]
+        );
+        let one = api_verdict(&output(
+            1,
+            "The WebRTCEgress \"x\" is invalid: spec.replicas: Invalid value: -1: spec.replicas \
+             in body should be greater than or equal to 0\n",
+        ));
+        assert_eq!(paths(&one), ["spec.replicas"]);
+        let strict = api_verdict(&output(
+            1,
+            "Error from server (BadRequest): error when creating \"/tmp/a.yaml\": WebRTCEgress in \
+             version \"v1alpha1\" cannot be handled as a WebRTCEgress: strict decoding error: \
+             unknown field \"spec.webrtc.nat1to1IPs\", unknown field \"sepc\"\n",
+        ));
+        assert_eq!(paths(&strict), ["sepc", "spec.webrtc.nat1to1IPs"]);
+        let format = api_verdict(&output(
+            1,
+            "The WebRTCEgress \"x\" is invalid: <nil>: Invalid value: \"\": Checked value must be \
+             of type integer with format int32 in spec.replicas\n",
+        ));
+        assert_eq!(paths(&format), ["spec.replicas"]);
+        let ok = api_verdict(&output(0, ""));
+        assert!(ok.accepted && ok.paths.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "another reason than the manifest")]
+    fn a_kubectl_failure_is_no_verdict() {
+        api_verdict(&output(
+            1,
+            "error: resource mapping not found for name: \"x\": no matches for kind \"WebRTCEgress\"",
+        ));
+    }
+
+    #[test]
+    fn validate_output_is_read_as_paths() {
+        let ours = our_verdict(&output(
+            1,
+            "error: /tmp/a.yaml: invalid WebRTCEgress (2 errors):\n  \
+             spec.webrtc.nat1to1IPs: unknown field; did you mean nat1To1IPs?\n  \
+             spec.processes[0].id: \"Cam1\" is not a DNS-1123 label\n",
+        ));
+        assert_eq!(
+            paths(&ours),
+            ["spec.processes[0].id", "spec.webrtc.nat1to1IPs"]
+        );
+        assert!(our_verdict(&output(0, "")).accepted);
+    }
+}
