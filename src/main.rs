@@ -45,15 +45,7 @@ fn main() -> ExitCode {
             print!("{}", webrtc_egress::crd::crd_yaml());
             Ok(())
         }
-        Command::Validate { file } => webrtc_egress::crd::load_manifest(&file)
-            .map(|m| {
-                println!(
-                    "{}: valid ({} processes)",
-                    file.display(),
-                    m.spec.processes.len()
-                )
-            })
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        Command::Validate { file } => validate(&file),
         Command::Bench(args) => {
             runtime().and_then(|rt| rt.block_on(webrtc_egress::bench::run(args)))
         }
@@ -71,6 +63,35 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `validate -f FILE`: one line per field error, so that every one can be read (and fixed)
+/// at once.
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    use webrtc_egress::crd::{ManifestError, ValidationErrors, load_manifest};
+    match load_manifest(file) {
+        Ok(m) => {
+            println!(
+                "{}: valid ({} processes)",
+                file.display(),
+                m.spec.processes.len()
+            );
+            Ok(())
+        }
+        Err(ManifestError::Invalid(ValidationErrors(errors))) => {
+            let lines: Vec<String> = errors.iter().map(|e| format!("\n  {e}")).collect();
+            let count = match errors.len() {
+                1 => "1 error".to_owned(),
+                n => format!("{n} errors"),
+            };
+            anyhow::bail!(
+                "{}: invalid WebRTCEgress ({count}):{}",
+                file.display(),
+                lines.concat()
+            )
+        }
+        Err(e) => anyhow::bail!("{}: {e}", file.display()),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Without a cluster (`WEBRTC_EGRESS_KUBECONFIG` / `WEBRTC_EGRESS_CLUSTER_DIR`) every test fails.
 
 mod common;
+mod parity;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -487,6 +488,65 @@ fn invalid_resources_are_refused_naming_the_field() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(ns.get("wegress", "ok").is_none(), "nothing was created");
+}
+
+/// `webrtc-egress validate` and the API server (strict field validation, kubectl's default)
+/// judge every manifest of `tests/parity/cases.yaml` alike: same verdict, same field paths.
+#[test]
+fn validate_agrees_with_the_api_server() {
+    let ns = Namespace::new("parity");
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = vec![];
+    let started = Instant::now();
+    let cases = parity::cases();
+    for case in &cases {
+        let path = dir.path().join(format!("{}.yaml", case.name));
+        std::fs::write(&path, case.manifest()).unwrap();
+        let file = path.to_str().unwrap();
+        let api = parity::api_verdict(&kubectl_raw(
+            &["apply", "--dry-run=server", "-n", &ns.0, "-f", file],
+            None,
+        ));
+        let ours = parity::our_verdict(
+            &Command::new(BIN)
+                .args(["validate", "-f", file])
+                .output()
+                .unwrap(),
+        );
+        let agree = api == ours;
+        println!(
+            "{:<32} api: {api}\n{:<32} validate: {ours}{}",
+            case.name,
+            "",
+            if agree { "" } else { "   <-- differ" }
+        );
+        if api.accepted != case.valid {
+            failures.push(format!(
+                "{}: meant to be {}, but the API server says {api}",
+                case.name,
+                if case.valid { "valid" } else { "invalid" }
+            ));
+        }
+        match (&case.divergence, agree) {
+            (None, false) => failures.push(format!(
+                "{}: the API server says {api}, validate says {ours}\n  kubectl: {}\n  validate: {}",
+                case.name,
+                api.text.trim(),
+                ours.text.trim()
+            )),
+            (Some(_), true) => failures.push(format!(
+                "{}: allowed to differ but both say {api}; remove its `divergence`",
+                case.name
+            )),
+            _ => {}
+        }
+    }
+    println!(
+        "{} parity cases in {:.1}s",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,9 +56,10 @@ pub(super) fn manifest_with_spec(spec_yaml: &str) -> String {
     format!("apiVersion: {API_VERSION}\nkind: {KIND}\nspec:\n{spec_yaml}")
 }
 
-pub(super) fn parse_error(text: &str) -> String {
+/// The field errors of a manifest, as displayed.
+pub(super) fn field_errors(text: &str) -> String {
     match parse_manifest(text) {
-        Err(ManifestError::Parse(message)) => message,
-        other => panic!("expected a parse error, got {other:?}"),
+        Err(ManifestError::Invalid(errors)) => errors.to_string(),
+        other => panic!("expected field errors, got {other:?}"),
     }
 }

@@ -16,8 +16,7 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    /// Not YAML, or not shaped like a `WebRTCEgress`; carries serde_yaml's message, which names
-    /// the field and the line.
+    /// Not a YAML mapping; carries serde_yaml's message, which names the line.
     #[error("invalid manifest: {0}")]
     Parse(String),
     #[error("{0}")]
@@ -36,7 +35,9 @@ pub fn load_manifest(path: &Path) -> Result<WebRTCEgress, ManifestError> {
 }
 
 /// Parses and validates one `WebRTCEgress` YAML document. `metadata` may be omitted (see
-/// [`WebRTCEgress::name_or_default`]).
+/// [`WebRTCEgress::name_or_default`]). Every field error is reported in one pass: unknown
+/// fields, wrong types and enum values ([`structural`]) and, once the document decodes, the
+/// schema's rules ([`validate`]).
 pub fn parse_manifest(text: &str) -> Result<WebRTCEgress, ManifestError> {
     /// Read first, so that a manifest of another kind is reported as such rather than as a
     /// confusing error about its fields.
@@ -47,8 +48,7 @@ pub fn parse_manifest(text: &str) -> Result<WebRTCEgress, ManifestError> {
         kind: Option<String>,
     }
 
-    /// The resource with `metadata` optional; parsed straight from the text so that errors
-    /// keep their line numbers.
+    /// The resource with `metadata` optional.
     #[derive(Deserialize)]
     struct Manifest {
         #[serde(default)]
@@ -59,9 +59,11 @@ pub fn parse_manifest(text: &str) -> Result<WebRTCEgress, ManifestError> {
     }
 
     let parse_error = |e: serde_yaml::Error| ManifestError::Parse(e.to_string());
-    let type_meta: TypeMeta = serde_yaml::from_str::<Option<TypeMeta>>(text)
-        .map_err(parse_error)?
-        .ok_or_else(|| ManifestError::Parse("the document is empty".into()))?;
+    let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_error)?;
+    if document.is_null() {
+        return Err(ManifestError::Parse("the document is empty".into()));
+    }
+    let type_meta: TypeMeta = serde_yaml::from_value(document.clone()).map_err(parse_error)?;
     if type_meta.api_version.as_deref() != Some(API_VERSION)
         || type_meta.kind.as_deref() != Some(KIND)
     {
@@ -72,8 +74,29 @@ pub fn parse_manifest(text: &str) -> Result<WebRTCEgress, ManifestError> {
             shown(type_meta.kind),
         )));
     }
-    let manifest: Manifest = serde_yaml::from_str(text).map_err(parse_error)?;
-    validate(&manifest.spec)?;
+    let checked = structural::check(document);
+    let mut errors = checked.errors;
+    if checked.undecodable {
+        return Err(ValidationErrors(errors).into());
+    }
+    let manifest = match serde_path_to_error::deserialize::<_, Manifest>(checked.document) {
+        Ok(manifest) => manifest,
+        // The schema walk lets through only what decodes, but for a value beyond what the
+        // Rust type holds (a port past 65535): name that field.
+        Err(e) => {
+            errors.push(FieldError {
+                path: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            });
+            return Err(ValidationErrors(errors).into());
+        }
+    };
+    if let Err(ValidationErrors(rules)) = validate(&manifest.spec) {
+        errors.extend(rules);
+    }
+    if !errors.is_empty() {
+        return Err(ValidationErrors(errors).into());
+    }
     Ok(WebRTCEgress {
         metadata: manifest.metadata,
         spec: manifest.spec,
@@ -161,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_codecs_and_modes_fail_at_parse_time_naming_the_field() {
+    fn unknown_codecs_and_modes_are_refused_naming_the_field() {
         let process = |media: &str| {
             manifest_with_spec(&format!(
                 "  processes:\n  - id: a\n    inputs: [{{address: x}}]\n    {media}\n"
@@ -189,10 +212,9 @@ mod tests {
                 "H264",
             ),
         ] {
-            let message = parse_error(&process(media));
-            assert!(message.contains(field), "{message}");
-            assert!(message.contains(value), "{message}");
-            assert!(message.contains("line 7"), "{message}");
+            let message = field_errors(&process(media));
+            assert!(message.starts_with(&format!("{field}: ")), "{message}");
+            assert!(message.contains(&format!("{value:?}")), "{message}");
         }
     }
 
@@ -226,8 +248,8 @@ mod tests {
                 "{text:?}"
             );
         }
-        let message = parse_error(&format!("apiVersion: {API_VERSION}\nkind: {KIND}\n"));
-        assert!(message.contains("missing field `spec`"), "{message}");
+        let message = field_errors(&format!("apiVersion: {API_VERSION}\nkind: {KIND}\n"));
+        assert_eq!(message, "spec: required value is missing");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The `WebRTCEgress` custom resource: its Rust types and the CRD the API server enforces
 //! ([`schema`] adds what schemars cannot derive). Manifests that never meet an API server
-//! (`serve -f FILE.yaml`, `validate`) go through [`manifest`], which applies the same rules in
-//! Rust ([`validate`]); `tests/crd.rs` keeps the two in step.
+//! (`serve -f FILE.yaml`, `validate`) go through [`manifest`], which walks them against the
+//! CRD's own schema ([`structural`]: unknown fields, types, enums, required fields) and applies
+//! its rules in Rust ([`validate`]); `tests/crd.rs` and the parity test (`tests/parity/`, run
+//! against a real API server) keep them in step.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +18,7 @@ mod fixtures;
 mod manifest;
 mod quantity;
 mod schema;
+mod structural;
 mod validate;
 
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
@@ -519,7 +522,7 @@ mod tests {
         assert!(json.get("pod").is_none(), "{json}");
 
         let bad = manifest_with_spec("  pod: {serviceType: ExternalName}\n");
-        assert!(parse_error(&bad).contains("spec.pod.serviceType"));
+        assert!(field_errors(&bad).starts_with("spec.pod.serviceType: unsupported value"));
     }
 
     #[test]

@@ -25,7 +25,8 @@ impl FieldError {
     }
 }
 
-/// Every rule a spec breaks, in document order, so a user fixes them all in one pass.
+/// Every field error of a manifest, so a user fixes them all in one pass: those of its shape
+/// (unknown fields, types) first, then the rules its spec breaks, each in document order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
@@ -78,8 +79,9 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
                 ),
             ));
         } else if !seen_ids.insert(process.id.as_str()) {
+            // The API server names the list item (`processes` is a map keyed by `id`).
             errors.push(FieldError::new(
-                format!("{path}.id"),
+                &path,
                 format!("duplicate process id {:?}", process.id),
             ));
         }
@@ -151,9 +153,11 @@ fn validate_webrtc(webrtc: &WebRtcSettings, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(&path, "at least one URL is required"));
         }
         for (j, url) in server.urls.iter().enumerate() {
-            let valid = ICE_URL_SCHEMES
-                .iter()
-                .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme));
+            // As the pattern's `.+` reads it (RE2: `.` is any character but a newline).
+            let valid = ICE_URL_SCHEMES.iter().any(|scheme| {
+                url.strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('\n'))
+            });
             if !valid {
                 errors.push(FieldError::new(
                     format!("{path}[{j}]"),
@@ -310,9 +314,9 @@ mod tests {
         spec.webrtc.udp_port = 65535;
         assert_eq!(validate(&spec), Ok(()));
 
-        // Beyond u16 the type itself refuses, and serde_yaml names the field.
+        // Beyond u16 the type itself refuses, naming the field.
         let text = manifest_with_spec("  webrtc: {udpPort: 70000}\n");
-        let message = parse_error(&text);
+        let message = field_errors(&text);
         assert!(message.contains("spec.webrtc.udpPort"), "{message}");
         assert!(message.contains("70000"), "{message}");
     }
@@ -339,7 +343,7 @@ mod tests {
         spec.processes[2].id = "cam1".into();
         assert_eq!(
             errors(&spec),
-            r#"spec.processes[2].id: duplicate process id "cam1""#
+            r#"spec.processes[2]: duplicate process id "cam1""#
         );
     }
 
@@ -389,7 +393,12 @@ mod tests {
             },
             IceServerSpec::default(),
             IceServerSpec {
-                urls: vec!["https://example.org".into(), "stun:".into()],
+                urls: vec![
+                    "https://example.org".into(),
+                    "stun:".into(),
+                    "stun:\nx".into(),
+                    "stun:x\n".into(),
+                ],
                 ..Default::default()
             },
         ];
@@ -398,7 +407,8 @@ mod tests {
             "spec.webrtc.iceServers[1].urls: at least one URL is required; \
              spec.webrtc.iceServers[2].urls[0]: \"https://example.org\" is not a stun:, stuns:, \
              turn: or turns: URL; \
-             spec.webrtc.iceServers[2].urls[1]: \"stun:\" is not a stun:, stuns:, turn: or turns: URL"
+             spec.webrtc.iceServers[2].urls[1]: \"stun:\" is not a stun:, stuns:, turn: or turns: URL; \
+             spec.webrtc.iceServers[2].urls[2]: \"stun:\\nx\" is not a stun:, stuns:, turn: or turns: URL"
         );
     }
 
