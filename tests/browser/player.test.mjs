@@ -5,13 +5,10 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { root, chromiumPath, shots, waitFor, launchChromium, audioPacketsReceived, playing } from "./chromium.mjs";
 
-const root = resolve(import.meta.dirname, "../..");
 const bin = process.env.WEBRTC_EGRESS_BIN || join(root, "target/debug/webrtc-egress");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-const shots = join(root, "target/screenshots");
 
 function freePort() {
   return new Promise((ok) => {
@@ -36,16 +33,6 @@ spec:
   webrtc: {udpPort: ${udpPort}}
   processes:
 ${procs}`;
-}
-
-async function waitFor(what, probe, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 let server, base, manifestPath, udpPort, browser, otherOrigin, otherBase;
@@ -81,13 +68,7 @@ before(async () => {
   await new Promise((ok) => otherOrigin.listen(0, "127.0.0.1", ok));
   otherBase = `http://127.0.0.1:${otherOrigin.address().port}`;
 
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -95,25 +76,6 @@ after(async () => {
   otherOrigin?.close();
   server?.kill();
 });
-
-async function audioPacketsReceived(page) {
-  return page.evaluate(async () => {
-    const pc = window.whepPc();
-    if (!pc) return 0;
-    let n = 0;
-    (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") n += r.packetsReceived; });
-    return n;
-  });
-}
-
-async function playing(page, minFrames) {
-  return waitFor(`${minFrames} decoded frames`, () => page.evaluate((min) => {
-    const q = document.getElementById("video").getVideoPlaybackQuality();
-    const s = window.whepStatus;
-    return s.state === "playing" && q.totalVideoFrames >= min
-      ? { frames: q.totalVideoFrames, firstFrameMs: s.firstFrameMs, attempts: s.attempts } : null;
-  }, minFrames));
-}
 
 test("the player page decodes video and receives audio", async () => {
   const context = await browser.newContext();

@@ -1,0 +1,48 @@
+// What the browser tests share: Debian's Chromium through playwright-core, and the checks that
+// a player page is really playing (frames decoded, audio packets received).
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+export const root = resolve(import.meta.dirname, "../..");
+export const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+export const shots = join(root, "target/screenshots");
+
+export async function waitFor(what, probe, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required"],
+  });
+}
+
+export async function audioPacketsReceived(page) {
+  return page.evaluate(async () => {
+    const pc = window.whepPc();
+    if (!pc) return 0;
+    let n = 0;
+    (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") n += r.packetsReceived; });
+    return n;
+  });
+}
+
+// Resolves once the player page has decoded `minFrames` video frames.
+export async function playing(page, minFrames) {
+  return waitFor(`${minFrames} decoded frames`, () => page.evaluate((min) => {
+    const q = document.getElementById("video").getVideoPlaybackQuality();
+    const s = window.whepStatus;
+    return s.state === "playing" && q.totalVideoFrames >= min
+      ? { frames: q.totalVideoFrames, firstFrameMs: s.firstFrameMs, attempts: s.attempts } : null;
+  }, minFrames));
+}
