@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/image and scripts/test-image: podman from Debian's packages, set up to run
 # containers on this host. Nothing here goes into the image.
 
