@@ -42,8 +42,11 @@ pub use reconcile::{error_policy, reconcile};
 /// Field manager of every server-side apply and status write; also the event reporter.
 pub const FIELD_MANAGER: &str = "webrtc-egress-operator";
 /// Image of the egress pods unless `--agent-image`, `WEBRTC_EGRESS_IMAGE` or `spec.pod.image`
-/// says otherwise.
-pub const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/dragonfork/webrtc-egress:latest";
+/// says otherwise: this very version, as `scripts/image` tags it.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!(
+    "ghcr.io/dragonfork/webrtc-egress:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
