@@ -1,5 +1,7 @@
 // What the browser tests share: Debian's Chromium through playwright-core, and the checks that
 // a player page is really playing (frames decoded, audio packets received).
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -17,9 +19,10 @@ export async function waitFor(what, probe, timeoutMs = 30000) {
   }
 }
 
-export function launchChromium() {
+/// Debian's Chromium, or `executablePath` (e.g. a wrapper that runs it in a network namespace).
+export function launchChromium(executablePath = chromiumPath) {
   return chromium.launch({
-    executablePath: chromiumPath,
+    executablePath,
     headless: true,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -45,4 +48,15 @@ export async function playing(page, minFrames) {
     return s.state === "playing" && q.totalVideoFrames >= min
       ? { frames: q.totalVideoFrames, firstFrameMs: s.firstFrameMs, attempts: s.attempts } : null;
   }, minFrames));
+}
+
+/// Asserts the page decodes 60 frames and receives audio, then saves a screenshot `name`.png.
+export async function decodesVideoAndAudio(page, name) {
+  const result = await playing(page, 60);
+  const audio = await waitFor("audio packets", async () => (await audioPacketsReceived(page)) > 50 && audioPacketsReceived(page));
+  console.log(`chromium: ${result.frames} frames decoded, first frame ${result.firstFrameMs?.toFixed(0)} ms after POST, ${audio} audio packets`);
+  assert.ok(result.frames >= 60);
+  assert.ok(result.firstFrameMs !== null, "requestVideoFrameCallback saw a frame");
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, `${name}.png`) });
 }

@@ -3,9 +3,8 @@
 //   PLAY_URL=http://127.0.0.1:8080/play/cam1 SCREENSHOT=name node --test play-url.test.mjs
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { chromiumPath, shots, waitFor, launchChromium, audioPacketsReceived, playing } from "./chromium.mjs";
+import { existsSync } from "node:fs";
+import { chromiumPath, launchChromium, decodesVideoAndAudio } from "./chromium.mjs";
 
 const url = process.env.PLAY_URL;
 let browser;
@@ -17,11 +16,5 @@ test(`Chromium decodes video and receives audio from ${url}`, async () => {
   browser = await launchChromium();
   const page = await browser.newPage();
   await page.goto(url);
-  const result = await playing(page, 60);
-  const audio = await waitFor("audio packets", async () => (await audioPacketsReceived(page)) > 50 && audioPacketsReceived(page));
-  console.log(`chromium: ${result.frames} frames decoded, first frame ${result.firstFrameMs?.toFixed(0)} ms after POST, ${audio} audio packets`);
-  assert.ok(result.frames >= 60);
-  assert.ok(result.firstFrameMs !== null, "requestVideoFrameCallback saw a frame");
-  mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: join(shots, `${process.env.SCREENSHOT || "play-url"}.png`) });
+  await decodesVideoAndAudio(page, process.env.SCREENSHOT || "play-url");
 });

@@ -2,11 +2,11 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { mkdtempSync, writeFileSync, existsSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { root, chromiumPath, shots, waitFor, launchChromium, audioPacketsReceived, playing } from "./chromium.mjs";
+import { root, chromiumPath, shots, waitFor, launchChromium, playing, decodesVideoAndAudio } from "./chromium.mjs";
 
 const bin = process.env.WEBRTC_EGRESS_BIN || join(root, "target/debug/webrtc-egress");
 
@@ -81,13 +81,7 @@ test("the player page decodes video and receives audio", async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
   await page.goto(`${base}/play/cam1`);
-  const result = await playing(page, 60);
-  const audio = await waitFor("audio packets", async () => (await audioPacketsReceived(page)) > 50 && audioPacketsReceived(page));
-  console.log(`chromium: ${result.frames} frames decoded, first frame ${result.firstFrameMs?.toFixed(0)} ms after POST, ${audio} audio packets`);
-  assert.ok(result.frames >= 60);
-  assert.ok(result.firstFrameMs !== null, "requestVideoFrameCallback saw a frame");
-  mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: join(shots, "player.png") });
+  await decodesVideoAndAudio(page, "player");
 
   // Closing the page DELETEs its session.
   await waitFor("one subscriber", async () => (await streams()).find((s) => s.id === "cam1").subscribers === 1);

@@ -8,10 +8,8 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, chmodSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium, root, shots, waitFor } from "./chromium.mjs";
 
-const root = resolve(import.meta.dirname, "../..");
-const shots = join(root, "target/screenshots");
 const envFile = process.env.REACH_ENV;
 assert.ok(envFile, "REACH_ENV unset: run scripts/test-reachability, which builds the namespaces");
 const env = Object.fromEntries(readFileSync(envFile, "utf8").trim().split("\n").map((l) => l.split("=")));
@@ -20,29 +18,13 @@ const reachDir = resolve(envFile, "..");
 
 let browser;
 
-async function waitFor(what, probe, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 before(async () => {
   // Chromium runs inside the laptop namespace; playwright talks to it over a pipe.
   const dir = mkdtempSync(join(tmpdir(), "webrtc-egress-reach-"));
   const wrapper = join(dir, "chromium-in-laptop");
   writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${env.LAPTOP_NS} /usr/bin/chromium "$@"\n`);
   chmodSync(wrapper, 0o755);
-  browser = await chromium.launch({
-    executablePath: wrapper,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required"],
-  });
+  browser = await launchChromium(wrapper);
 });
 
 after(async () => {
