@@ -31,6 +31,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             updates,
             fallback_ips: dataplane::interface_ips(args.data_plane.udp_bind),
         },
+        None,
     )
     .await
     .map_err(|e| anyhow::anyhow!("{}: {e:#}", args.file.display()))

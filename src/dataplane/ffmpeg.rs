@@ -5,7 +5,6 @@
 //! subscribers stay connected and resume when media returns.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -250,31 +249,8 @@ pub fn check_ffmpeg(bin: &str) -> Result<String, FfmpegError> {
     })
 }
 
-/// Lifecycle of a supervised FFmpeg.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum ProcessState {
-    /// Spawned, no media seen yet.
-    #[default]
-    Starting,
-    /// Media is arriving (see [`Supervisor::mark_running`]).
-    Running,
-    /// Exited on its own; waiting out the backoff before the next start.
-    Restarting,
-    /// Cannot be spawned, or keeps dying without producing media. Still retried: a live
-    /// input may come back.
-    Failed,
-}
-
-impl fmt::Display for ProcessState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Starting => "Starting",
-            Self::Running => "Running",
-            Self::Restarting => "Restarting",
-            Self::Failed => "Failed",
-        })
-    }
-}
+/// Lifecycle of a supervised FFmpeg; the reports agents publish carry it as is.
+pub use crate::reports::ProcessState;
 
 /// What the supervisor knows about its FFmpeg, published on a watch channel.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -284,6 +260,11 @@ pub struct ProcessStatus {
     /// Why the last run ended or could not start: exit status and FFmpeg's last stderr lines.
     /// Kept after recovery, as history.
     pub last_error: Option<String>,
+    /// The gist of `last_error` for people and the pod's report: FFmpeg's own last stderr line
+    /// (e.g. `rtmp://origin/live: Connection refused`), with the per-run memory addresses
+    /// FFmpeg prints (`[tcp @ 0x55d…]`) taken out so that a crash loop repeats the same text;
+    /// the exit status when FFmpeg printed nothing; or why it could not be spawned.
+    pub reason: Option<String>,
     /// Starts after the first one.
     pub restarts: u32,
     /// Set while a child is alive.
@@ -442,7 +423,11 @@ impl Backoff {
 enum RunEnd {
     Stopped,
     SpawnFailed(FfmpegError),
-    Exited { summary: String, ran_for: Duration },
+    Exited {
+        summary: String,
+        reason: String,
+        ran_for: Duration,
+    },
 }
 
 async fn supervise(
@@ -463,12 +448,17 @@ async fn supervise(
                 tracing::error!(process = %id, "{msg}");
                 status.send_modify(|s| {
                     s.state = ProcessState::Failed;
+                    s.reason = Some(msg.clone());
                     s.last_error = Some(msg);
                     s.pid = None;
                 });
                 false
             }
-            RunEnd::Exited { summary, ran_for } => {
+            RunEnd::Exited {
+                summary,
+                reason,
+                ran_for,
+            } => {
                 let healthy =
                     status.borrow().state == ProcessState::Running || ran_for >= STABLE_RUN;
                 unhealthy_runs = if healthy { 0 } else { unhealthy_runs + 1 };
@@ -480,6 +470,7 @@ async fn supervise(
                         ProcessState::Restarting
                     };
                     s.last_error = Some(summary);
+                    s.reason = Some(reason);
                     s.pid = None;
                 });
                 healthy
@@ -556,11 +547,19 @@ async fn run_once(
         Ok(exit) => exit.to_string(),
         Err(e) => format!("wait failed: {e}"),
     };
+    let reason = stderr
+        .tail
+        .back()
+        .map_or_else(|| summary.clone(), |line| without_addresses(line));
     if !stderr.tail.is_empty() {
         summary.push_str(": ");
         summary.push_str(&Vec::from(stderr.tail).join(" | "));
     }
-    RunEnd::Exited { summary, ran_for }
+    RunEnd::Exited {
+        summary,
+        reason,
+        ran_for,
+    }
 }
 
 /// Resolves once stop was requested or the Supervisor dropped.
@@ -626,6 +625,26 @@ impl<'a> StderrLog<'a> {
         self.tail
             .push_back(truncate(line, STDERR_LINE_MAX).to_owned());
     }
+}
+
+/// `[tcp @ 0x55dab76879c0] Connection refused` → `[tcp] Connection refused`: FFmpeg names the
+/// context of a message by its address, which differs on every run.
+fn without_addresses(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(" @ 0x") {
+        let after = &rest[at + " @ 0x".len()..];
+        let digits = after
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(after.len());
+        out.push_str(&rest[..at]);
+        if digits == 0 {
+            out.push_str(" @ 0x");
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -818,14 +837,15 @@ mod tests {
         assert_eq!(ProcessState::Restarting.to_string(), "Restarting");
         let s = ProcessStatus {
             state: ProcessState::Failed,
-            last_error: Some("boom".into()),
+            last_error: Some("exit status: 1: boom".into()),
+            reason: Some("boom".into()),
             restarts: 2,
             pid: None,
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"state":"Failed","lastError":"boom","restarts":2,"pid":null}"#
+            r#"{"state":"Failed","lastError":"exit status: 1: boom","reason":"boom","restarts":2,"pid":null}"#
         );
     }
 
@@ -833,6 +853,25 @@ mod tests {
     fn supervisor_can_be_shared_across_tasks() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Supervisor>();
+    }
+
+    #[test]
+    fn addresses_are_taken_out_of_ffmpeg_lines() {
+        assert_eq!(
+            without_addresses(
+                "[tcp @ 0x55dab76879c0] Connection to tcp://h:1 failed: Connection refused"
+            ),
+            "[tcp] Connection to tcp://h:1 failed: Connection refused"
+        );
+        assert_eq!(
+            without_addresses("[in#0 @ 0x1] a [b @ 0xabc] c"),
+            "[in#0] a [b] c"
+        );
+        assert_eq!(
+            without_addresses("mail me @ 0xnothing"),
+            "mail me @ 0xnothing"
+        );
+        assert_eq!(without_addresses("x.mp4: No such file"), "x.mp4: No such file");
     }
 
     #[test]

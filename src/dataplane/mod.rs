@@ -79,8 +79,16 @@ pub struct SpecFeed {
     pub fallback_ips: Vec<IpAddr>,
 }
 
+/// Handed the subsystem once its first processes are started, to watch it from outside (the
+/// agent reports their state on its Pod); `serve` has none.
+pub type Observer = Box<dyn FnOnce(Arc<Subsystem>) + Send>;
+
 /// Runs until SIGTERM/ctrl-c, then drains and tears everything down.
-pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
+pub async fn run(
+    args: DataPlaneArgs,
+    feed: SpecFeed,
+    observer: Option<Observer>,
+) -> anyhow::Result<()> {
     let version = ffmpeg::check_ffmpeg(&args.ffmpeg)?;
     info!(%version, "found ffmpeg");
     let SpecFeed {
@@ -125,6 +133,9 @@ pub async fn run(args: DataPlaneArgs, feed: SpecFeed) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.http.request_timeout_secs),
     });
     subsystem.apply(&initial.processes).await?;
+    if let Some(observer) = observer {
+        observer(subsystem.clone());
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -98,6 +98,9 @@ pub struct Subsystem {
     streams: Mutex<HashMap<String, Stream>>,
     teardown: Mutex<Option<TeardownHook>>,
     closed: AtomicBool,
+    /// Bumped whenever a process is added or removed or its FFmpeg's status changes, so that
+    /// whoever reports the processes' state looks again only then (never per packet).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Subsystem {
@@ -108,6 +111,7 @@ impl Subsystem {
             streams: Mutex::default(),
             teardown: Mutex::default(),
             closed: AtomicBool::new(false),
+            changes: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -125,6 +129,26 @@ impl Subsystem {
             audio: s.audio.clone(),
             status: s.supervisor.status(),
         })
+    }
+
+    /// Fires (the value is a counter) when [`Subsystem::statuses`] may have changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Each process's supervisor status, sorted by id.
+    pub fn statuses(&self) -> Vec<(String, ProcessStatus)> {
+        let streams = self.streams.lock().unwrap();
+        let mut out: Vec<_> = streams
+            .iter()
+            .map(|(id, s)| (id.clone(), s.supervisor.status().borrow().clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     pub fn process_ids(&self) -> Vec<String> {
@@ -221,6 +245,7 @@ impl Subsystem {
             ..SupervisorConfig::new(&self.config.ffmpeg, args, &spec.id)
         }));
         let _ = supervisor_slot.set(supervisor.clone());
+        tokio::spawn(forward_changes(supervisor.status(), self.changes.clone()));
         info!(process = %spec.id, video = %video.addr(), "process started");
         let replaced = self.streams.lock().unwrap().insert(
             spec.id.clone(),
@@ -232,6 +257,7 @@ impl Subsystem {
                 supervisor,
             },
         );
+        self.changed();
         if let Some(old) = replaced {
             // Only reachable if two applies race on one id; the old one must still be torn down.
             warn!(process = %old.spec.id, "replaced a running process");
@@ -256,6 +282,7 @@ impl Subsystem {
             }
         };
         if let Some(stream) = removed {
+            self.changed();
             close_stream(stream).await;
             info!(process = %id, "process stopped");
         }
@@ -281,6 +308,17 @@ impl Subsystem {
         for id in self.process_ids() {
             self.stop_process(&id).await;
         }
+    }
+}
+
+/// Passes each status change of one FFmpeg on to the subsystem's counter; ends with the
+/// supervisor.
+async fn forward_changes(
+    mut status: watch::Receiver<ProcessStatus>,
+    changes: Arc<watch::Sender<u64>>,
+) {
+    while status.changed().await.is_ok() {
+        changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -476,6 +514,28 @@ mod tests {
             subsystem.start_process(process("c", false)).await,
             Err(SubsystemError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn changes_fire_on_processes_and_their_status() {
+        let subsystem = subsystem().await;
+        let mut changes = subsystem.changes();
+        changes.borrow_and_update();
+        subsystem.start_process(process("a", false)).await.unwrap();
+        assert!(changes.has_changed().unwrap(), "adding a process is a change");
+        // `true` exits at once, so its status moves on by itself: each move is a change.
+        changes.borrow_and_update();
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("a status change")
+            .unwrap();
+        let statuses = subsystem.statuses();
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].0, "a");
+        changes.borrow_and_update();
+        subsystem.stop_process("a").await;
+        assert!(changes.has_changed().unwrap(), "removing a process is a change");
+        assert!(subsystem.statuses().is_empty());
     }
 
     #[tokio::test]

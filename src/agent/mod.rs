@@ -1,10 +1,13 @@
 //! `agent`: what each egress pod runs. The data plane, fed from the resource's stream entries
-//! (the operator's ConfigMap), watched through the API server so edits apply within seconds.
+//! (the operator's ConfigMap), watched through the API server so edits apply within seconds;
+//! the processes' live state goes back on the agent's own Pod ([`report`]).
+
+mod report;
 
 use std::net::IpAddr;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -21,6 +24,10 @@ pub struct AgentArgs {
     /// Name of the WebRTCEgress this pod serves.
     #[arg(long)]
     pub name: String,
+    /// This pod's name (from the downward API): the processes' state is reported on it. Without
+    /// it nothing is reported, e.g. when run by hand outside a pod.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
 }
@@ -40,6 +47,19 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         .drain_seconds
         .get_or_insert(u64::from(crate::crd::DEFAULT_DRAIN_SECONDS));
     let fallback_ips = advertised_fallback(&client, &args.data_plane).await;
+    let observer: Option<dataplane::Observer> = match args.pod_name.clone() {
+        Some(pod) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
+            info!(%pod, "reporting the processes' state on the pod");
+            Some(Box::new(move |subsystem| {
+                tokio::spawn(report::publish(pods, pod, subsystem));
+            }))
+        }
+        None => {
+            warn!("POD_NAME is not set: the processes' state is not reported to the cluster");
+            None
+        }
+    };
     dataplane::run(
         args.data_plane,
         SpecFeed {
@@ -47,6 +67,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             updates: specs,
             fallback_ips,
         },
+        observer,
     )
     .await
 }
