@@ -204,7 +204,10 @@ mod tests {
             processes: items
                 .iter()
                 .map(|(id, state, restarts, error)| {
-                    ((*id).to_owned(), ProcessReport::new(*state, *restarts, *error))
+                    (
+                        (*id).to_owned(),
+                        ProcessReport::new(*state, *restarts, *error),
+                    )
                 })
                 .collect(),
         }
@@ -273,7 +276,10 @@ mod tests {
             ("c", ProcessState::Starting, 0, Some("from an earlier run")),
         ]);
         let condition = failing.condition();
-        assert_eq!((condition.status, condition.reason), ("False", "ProcessesFailed"));
+        assert_eq!(
+            (condition.status, condition.reason),
+            ("False", "ProcessesFailed")
+        );
         assert_eq!(
             condition.message,
             "1/3 processes running; b Failed: b.mp4: No such file; c Starting"

@@ -78,6 +78,7 @@ fn printer_columns() {
         &json!([
             {"name": "READY", "type": "string",
              "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+            {"name": "LIVE", "type": "string", "jsonPath": ".status.live"},
             {"name": "STREAMS", "type": "integer", "jsonPath": ".status.streamCount"},
             {"name": "REPLICAS", "type": "integer", "jsonPath": ".status.readyReplicas"},
             {"name": "AGE", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -20,9 +20,7 @@ use tracing::{info, instrument, warn};
 
 use crate::dataplane::ffmpeg::ProcessStatus;
 use crate::dataplane::subsystem::Subsystem;
-use crate::reports::{
-    FIELD_MANAGER, PodReport, ProcessReport, REPORT_ANNOTATION, STREAMS_LIVE,
-};
+use crate::reports::{FIELD_MANAGER, PodReport, ProcessReport, REPORT_ANNOTATION, STREAMS_LIVE};
 
 /// Changes within this time of the first one go out in the same write (a process restart is
 /// several status changes in a row).
@@ -155,8 +153,8 @@ impl ConditionClock {
             Some((previous, time)) if *previous == status => time.clone(),
             _ => {
                 // Whole seconds, as the API server stores them.
-                let now = Timestamp::from_second(Timestamp::now().as_second())
-                    .expect("now is in range");
+                let now =
+                    Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range");
                 self.last = Some((status, Time(now)));
                 Time(now)
             }

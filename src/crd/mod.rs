@@ -75,6 +75,7 @@ const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
+    printcolumn(name = "LIVE", type_ = "string", json_path = ".status.live"),
     printcolumn(name = "STREAMS", type_ = "integer", json_path = ".status.streamCount"),
     printcolumn(
         name = "REPLICAS",
@@ -384,6 +385,9 @@ pub struct WebRTCEgressStatus {
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     pub streams: Vec<StreamStatus>,
+    /// Processes Running on every ready pod, out of all processes, e.g. `2/3` (shown by
+    /// `kubectl get` as LIVE). A process live on only some pods is Degraded and not counted.
+    pub live: Option<String>,
     /// Number of processes being served (shown by `kubectl get`).
     pub stream_count: Option<i32>,
     /// Egress pods that are ready.
@@ -393,14 +397,26 @@ pub struct WebRTCEgressStatus {
     pub advertised_ips: Vec<String>,
 }
 
-/// State of one process's stream.
+/// State of one process's stream, folded from what its egress pods report.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamStatus {
     pub id: String,
     pub whep_path: String,
-    /// E.g. `Starting`, `Running`, `Restarting`.
+    /// `Running` on every ready pod, `Degraded` (live on some), `Failed` (failing on every
+    /// one), `Starting` (not live yet, or not reported yet), `Pending` (no ready pod).
     pub state: String,
+    /// Ready pods where the process is live, out of the ready pods, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_pods: Option<String>,
+    /// FFmpeg's own last stderr line (e.g. the input's `Connection refused`) from a pod where
+    /// the process is not live; absent while it is Running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// FFmpeg restarts, summed over the ready pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i64>,
+    /// Which pods the process is not live on, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -478,7 +494,7 @@ mod tests {
                 id: "cam1".into(),
                 whep_path: "/whep/cam1".into(),
                 state: "Running".into(),
-                message: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

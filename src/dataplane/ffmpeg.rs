@@ -871,7 +871,10 @@ mod tests {
             without_addresses("mail me @ 0xnothing"),
             "mail me @ 0xnothing"
         );
-        assert_eq!(without_addresses("x.mp4: No such file"), "x.mp4: No such file");
+        assert_eq!(
+            without_addresses("x.mp4: No such file"),
+            "x.mp4: No such file"
+        );
     }
 
     #[test]

@@ -522,7 +522,10 @@ mod tests {
         let mut changes = subsystem.changes();
         changes.borrow_and_update();
         subsystem.start_process(process("a", false)).await.unwrap();
-        assert!(changes.has_changed().unwrap(), "adding a process is a change");
+        assert!(
+            changes.has_changed().unwrap(),
+            "adding a process is a change"
+        );
         // `true` exits at once, so its status moves on by itself: each move is a change.
         changes.borrow_and_update();
         tokio::time::timeout(Duration::from_secs(10), changes.changed())
@@ -534,7 +537,10 @@ mod tests {
         assert_eq!(statuses[0].0, "a");
         changes.borrow_and_update();
         subsystem.stop_process("a").await;
-        assert!(changes.has_changed().unwrap(), "removing a process is a change");
+        assert!(
+            changes.has_changed().unwrap(),
+            "removing a process is a change"
+        );
         assert!(subsystem.statuses().is_empty());
     }
 

@@ -74,6 +74,20 @@ fn selector_labels(instance: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// Label selector of the egress pods of `instance`: the Deployment's own selector.
+pub fn pod_selector(instance: &str) -> String {
+    selector_labels(instance)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The resource an egress pod (or any child) belongs to, by its instance label.
+pub fn instance_of(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels.get("app.kubernetes.io/instance").map(String::as_str)
+}
+
 /// Label selector matching every child of every resource, for the operator's watches.
 pub fn managed_by_selector() -> String {
     format!("app.kubernetes.io/managed-by={FIELD_MANAGER}")

@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use super::{AgentConfig, Context, Metrics};
 use crate::crd::{InputSpec, ProcessSpec, WebRTCEgress, WebRTCEgressSpec};
+use crate::reports::{PodReport, ProcessReport, ProcessState, REPORT_ANNOTATION};
 
 pub const NAMESPACE: &str = "media";
 
@@ -61,6 +64,47 @@ pub fn deployment_with_ready(ready: i32) -> Deployment {
     }
 }
 
+/// A ready egress pod of `studio` reporting `processes` (none: a pod that has not reported).
+pub fn reporting_pod(name: &str, processes: &[(&str, ProcessState)]) -> Pod {
+    let report = PodReport {
+        processes: processes
+            .iter()
+            .map(|(id, state)| ((*id).to_owned(), ProcessReport::new(*state, 0, None)))
+            .collect(),
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: Some(super::children::labels("studio")),
+            annotations: (!processes.is_empty())
+                .then(|| BTreeMap::from([(REPORT_ANNOTATION.to_owned(), report.encode())])),
+            ..Default::default()
+        },
+        status: Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sets FFmpeg's last line for process `id` in the pod's report.
+pub fn set_last_error(pod: &mut Pod, id: &str, error: &str) {
+    let annotations = pod.metadata.annotations.as_mut().expect("a report");
+    let mut report = PodReport::decode(&annotations[REPORT_ANNOTATION]).unwrap();
+    report
+        .processes
+        .get_mut(id)
+        .expect("process in the report")
+        .last_error = Some(error.into());
+    annotations.insert(REPORT_ANNOTATION.into(), report.encode());
+}
+
 /// A context whose client talks to a fresh [`FakeApi`].
 pub fn test_context() -> (Arc<Context>, FakeApi) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -103,6 +147,16 @@ impl FakeApi {
 
     pub fn deployment_path(name: &str) -> String {
         format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}")
+    }
+
+    pub fn pod_path(name: &str) -> String {
+        format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}")
+    }
+
+    /// Puts a pod where a list of pods finds it.
+    pub fn put_pod(&self, pod: &Pod) {
+        let name = pod.metadata.name.as_deref().expect("a named pod");
+        self.put(&Self::pod_path(name), serde_json::to_value(pod).unwrap());
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -200,6 +254,25 @@ impl FakeApi {
             return status_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
         }
         match *method {
+            Method::GET if path.ends_with("/pods") => {
+                // Lists are not filtered by label: the tests keep one resource's pods only.
+                let prefix = format!("{path}/");
+                let items: Vec<Value> = self
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(&prefix))
+                    .map(|(_, pod)| pod.clone())
+                    .collect();
+                let list = json!({
+                    "apiVersion": "v1",
+                    "kind": "PodList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                });
+                (StatusCode::OK, list)
+            }
             Method::GET => match self.get(path) {
                 Some(object) => (StatusCode::OK, object),
                 None => status_error(StatusCode::NOT_FOUND, "NotFound"),

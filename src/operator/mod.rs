@@ -1,6 +1,7 @@
 //! `operator`: reconciles each `WebRTCEgress` into the children its egress pods need — a
 //! ConfigMap of stream entries, a Deployment running `webrtc-egress agent`, and a Service — and
-//! reports their state in the resource's status.
+//! reports their state in the resource's status, including what each egress pod says about its
+//! processes (their live state, folded by [`live`]).
 //!
 //! Children are written with server-side apply under one field manager, and only when they
 //! differ from what the cluster holds, so a steady resource causes no writes at all.
@@ -9,10 +10,12 @@ mod apply;
 pub mod children;
 mod context;
 mod leader;
+mod live;
 mod metrics;
 mod reconcile;
 mod server;
 mod status;
+mod stream_events;
 
 #[cfg(test)]
 mod fixtures;
@@ -25,10 +28,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -213,7 +217,13 @@ async fn run_controller(
             children.clone(),
         )
         .owns(scoped_api::<Service>(client, namespace), children.clone())
-        .owns(scoped_api::<ConfigMap>(client, namespace), children)
+        .owns(scoped_api::<ConfigMap>(client, namespace), children.clone())
+        // Egress pods belong to a ReplicaSet, not to the resource: they are mapped back by
+        // their instance label, so a pod's report (or its readiness) updates the status.
+        .watches(scoped_api::<Pod>(client, namespace), children, |pod| {
+            let name = children::instance_of(pod.labels())?.to_owned();
+            Some(ObjectRef::<WebRTCEgress>::new(&name).within(&pod.namespace()?))
+        })
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, context)

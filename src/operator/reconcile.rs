@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -17,6 +17,7 @@ use super::apply::{Outcome, apply};
 use super::children::{self, effective_webrtc, load_balancer_ips};
 use super::context::MAX_BACKOFF;
 use super::status::{Failure, Observed, desired_status};
+use super::stream_events::stream_events;
 use super::{Context, Error, FIELD_MANAGER};
 use crate::crd::{WebRTCEgress, WebRtcSettings, validate};
 
@@ -113,6 +114,8 @@ pub fn error_policy(egress: Arc<WebRTCEgress>, error: &Error, ctx: Arc<Context>)
 #[derive(Default)]
 struct Report {
     deployment: Option<Deployment>,
+    /// The egress pods, whose reports go into the streams' status.
+    pods: Vec<Pod>,
     webrtc: Option<WebRtcSettings>,
     /// Children written, for events.
     changes: Vec<(Outcome, ObjectReference)>,
@@ -123,6 +126,7 @@ impl Report {
         Observed {
             deployment: self.deployment.as_ref(),
             webrtc: self.webrtc.as_ref(),
+            pods: &self.pods,
             failure,
         }
     }
@@ -179,15 +183,18 @@ async fn apply_children(
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let name = egress.name_any();
     let workload = children::workload_name(&name);
     let streams = crate::entries::configmap_name(&name);
-    let (service, configmap, deployment) = tokio::try_join!(
+    let (service, configmap, deployment, pods) = tokio::try_join!(
         get(&services, &workload),
         get(&configmaps, &streams),
         get(&deployments, &workload),
+        list_pods(&pods, &name),
     )?;
     report.deployment = deployment.clone();
+    report.pods = pods;
 
     let service = report
         .apply(ctx, &services, &children::service(egress)?, service)
@@ -214,7 +221,17 @@ where
         .map_err(Error::kube(format!("get {} {name}", K::kind(&()))))
 }
 
-/// Writes the status unless it is already what the resource shows; `true` if written.
+/// The egress pods of the resource `name` (the Deployment's selector).
+async fn list_pods(api: &Api<Pod>, name: &str) -> Result<Vec<Pod>, Error> {
+    let params = ListParams::default().labels(&children::pod_selector(name));
+    api.list(&params)
+        .await
+        .map(|list| list.items)
+        .map_err(Error::kube(format!("list the pods of {name}")))
+}
+
+/// Writes the status unless it is already what the resource shows, then records events for the
+/// processes whose live state changed; `true` if written.
 async fn write_status(
     egress: &WebRTCEgress,
     ctx: &Context,
@@ -238,6 +255,16 @@ async fn write_status(
             "write the status of WebRTCEgress {name}"
         )))?;
     ctx.metrics.wrote("WebRTCEgress");
+    let before = egress
+        .status
+        .as_ref()
+        .map(|s| s.streams.as_slice())
+        .unwrap_or_default();
+    for event in stream_events(before, &status.streams) {
+        info!(reason = event.reason, "{}", event.note);
+        ctx.publish(egress, event.type_, event.reason, event.note, None)
+            .await;
+    }
     Ok(true)
 }
 
@@ -260,7 +287,10 @@ mod tests {
             .to_owned()
     }
     use crate::crd::ServiceType;
-    use crate::operator::fixtures::{FakeApi, egress, process, test_context};
+    use crate::operator::fixtures::{
+        FakeApi, egress, process, reporting_pod, set_last_error, test_context,
+    };
+    use crate::reports::ProcessState::{Failed, Running};
 
     const STATUS: &str =
         "PATCH /apis/webrtc.dragonfork.io/v1alpha1/namespaces/media/webrtcegresses/studio/status";
@@ -352,7 +382,14 @@ mod tests {
         assert_eq!(status["readyReplicas"], 0);
         assert_eq!(
             status["streams"],
-            serde_json::json!([{"id": "cam1", "whepPath": "/whep/cam1", "state": "Pending"}])
+            serde_json::json!([{
+                "id": "cam1",
+                "whepPath": "/whep/cam1",
+                "state": "Pending",
+                "readyPods": "0/0",
+                "restarts": 0,
+                "message": "no ready egress pod",
+            }])
         );
         assert_eq!(condition(&status, "Reconciled")["status"], "True");
         assert_eq!(condition(&status, "Reconciled")["reason"], "Applied");
@@ -370,18 +407,72 @@ mod tests {
         run(&egress, &ctx).await.unwrap();
         assert!(fake.writes().is_empty(), "{:?}", fake.write_summary());
 
-        // Pods become ready: only the status changes, once.
+        // Pods become ready and report their processes live: only the status changes, once.
         set_ready_replicas(&fake, 1);
+        fake.put_pod(&reporting_pod(
+            "studio-egress-a",
+            &[("cam1", Running), ("cam2", Running)],
+        ));
         fake.clear_log();
         run(&egress, &ctx).await.unwrap();
         assert_eq!(fake.write_summary(), [STATUS]);
         let status = fake.last_status().unwrap();
         assert_eq!(condition(&status, "Ready")["status"], "True");
-        assert_eq!(status["streams"][1]["state"], "Serving");
+        assert_eq!(status["streams"][1]["state"], "Running");
+        assert_eq!(status["live"], "2/2");
         let egress = egress.with_status_from(&fake);
         fake.clear_log();
         run(&egress, &ctx).await.unwrap();
         assert!(fake.writes().is_empty(), "{:?}", fake.write_summary());
+    }
+
+    #[tokio::test]
+    async fn pod_reports_reach_the_status_with_one_event_per_transition() {
+        let (ctx, fake) = test_context();
+        let egress = settle(egress("studio", &["cam1"]), &ctx, &fake).await;
+        set_ready_replicas(&fake, 1);
+        let mut failing = reporting_pod("studio-egress-a", &[("cam1", Failed)]);
+        set_last_error(&mut failing, "cam1", "in.mp4: No such file or directory");
+        fake.put_pod(&failing);
+        fake.clear_log();
+        run(&egress, &ctx).await.unwrap();
+        assert_eq!(fake.write_summary(), [STATUS, "event ProcessFailed"]);
+        let status = fake.last_status().unwrap();
+        assert_eq!(
+            status["streams"][0]["lastError"],
+            "in.mp4: No such file or directory"
+        );
+        assert_eq!(status["streams"][0]["readyPods"], "0/1");
+        assert_eq!(status["live"], "0/1");
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&"False".into(), &"StreamsFailing".into())
+        );
+        let events = fake.writes();
+        let event = &events[1].body;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(
+            event["note"],
+            "cam1 failed on every ready pod: in.mp4: No such file or directory"
+        );
+
+        // The same report again: no write, no event.
+        let egress = egress.with_status_from(&fake);
+        fake.clear_log();
+        run(&egress, &ctx).await.unwrap();
+        assert!(fake.writes().is_empty(), "{:?}", fake.write_summary());
+
+        // Fixed: Running, Ready, and a Normal event.
+        fake.put_pod(&reporting_pod("studio-egress-a", &[("cam1", Running)]));
+        fake.clear_log();
+        run(&egress, &ctx).await.unwrap();
+        assert_eq!(fake.write_summary(), [STATUS, "event ProcessRecovered"]);
+        let status = fake.last_status().unwrap();
+        assert_eq!(condition(&status, "Ready")["status"], "True");
+        assert_eq!(status["streams"][0]["state"], "Running");
+        assert!(status["streams"][0].get("lastError").is_none(), "{status}");
+        assert_eq!(fake.writes()[1].body["type"], "Normal");
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
-//! The status a reconcile reports, as a pure function of what it saw.
+//! The status a reconcile reports, as a pure function of what it saw: the Deployment, the
+//! egress pods and their reports ([`super::live`]), and what applying the children did.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::live::{self, FAILED, PENDING, STARTING};
 use crate::crd::{StreamStatus, WebRTCEgress, WebRTCEgressStatus, WebRtcSettings};
 
 pub const READY: &str = "Ready";
@@ -24,6 +27,8 @@ pub struct Observed<'a> {
     pub deployment: Option<&'a Deployment>,
     /// The WebRTC settings the pods were given.
     pub webrtc: Option<&'a WebRtcSettings>,
+    /// The egress pods, with their reports.
+    pub pods: &'a [Pod],
     pub failure: Option<Failure>,
 }
 
@@ -60,6 +65,11 @@ pub fn desired_status(
         }
     };
 
+    let streams = live::stream_statuses(&egress.spec.processes, &live::reporters(observed.pods));
+    let failing = named(&streams, |s| s.state == FAILED);
+    let not_live = named(&streams, |s| s.state == STARTING || s.state == PENDING);
+    let live = live::live_summary(&streams);
+
     let wanted = egress.spec.replicas;
     let ready_replicas = observed
         .deployment
@@ -71,8 +81,28 @@ pub fn desired_status(
     } else {
         let needed = wanted.max(1);
         let message = format!("{ready_replicas}/{needed} pods ready");
-        if ready_replicas >= needed {
-            condition(READY, true, "PodsReady", message)
+        if !failing.is_empty() {
+            // Failing on every pod: no viewer can watch it, whatever the pods' readiness.
+            condition(
+                READY,
+                false,
+                "StreamsFailing",
+                format!("failing on every ready pod: {}", failing.join("; ")),
+            )
+        } else if ready_replicas >= needed && not_live.is_empty() {
+            condition(
+                READY,
+                true,
+                "StreamsLive",
+                format!("{message}, {live} processes live"),
+            )
+        } else if ready_replicas >= needed {
+            condition(
+                READY,
+                false,
+                "StreamsNotLive",
+                format!("{message}; not live yet: {}", not_live.join("; ")),
+            )
         } else if let Some(failure) = observed.deployment.and_then(replica_failure) {
             // Pods that cannot even be created (a missing ServiceAccount, a quota): say why.
             condition(
@@ -85,6 +115,7 @@ pub fn desired_status(
             condition(READY, false, "PodsNotReady", message)
         }
     };
+    let hurting = named(&streams, |s| s.state == FAILED || s.state == live::DEGRADED);
     let (reconciled, degraded) = match &observed.failure {
         None => (
             condition(
@@ -93,36 +124,52 @@ pub fn desired_status(
                 "Applied",
                 "children are up to date".into(),
             ),
-            condition(DEGRADED, false, "AsExpected", "no errors".into()),
+            if hurting.is_empty() {
+                condition(DEGRADED, false, "AsExpected", "no errors".into())
+            } else {
+                let reason = if failing.is_empty() {
+                    "StreamsDegraded"
+                } else {
+                    "StreamsFailing"
+                };
+                condition(DEGRADED, true, reason, hurting.join("; "))
+            },
         ),
         Some(failure) => (
             condition(RECONCILED, false, failure.reason, failure.message.clone()),
             condition(DEGRADED, true, failure.reason, failure.message.clone()),
         ),
     };
-    let state = if ready.status == "True" && wanted > 0 {
-        "Serving"
-    } else {
-        "Pending"
-    };
     WebRTCEgressStatus {
         observed_generation: generation,
         conditions: vec![ready, reconciled, degraded],
-        streams: egress
-            .spec
-            .processes
-            .iter()
-            .map(|p| StreamStatus {
-                id: p.id.clone(),
-                whep_path: p.whep_path(),
-                state: state.into(),
-                message: None,
-            })
-            .collect(),
+        streams,
+        live: Some(live),
         stream_count: Some(i32::try_from(egress.spec.processes.len()).unwrap_or(i32::MAX)),
         ready_replicas: observed.deployment.map(|_| ready_replicas),
         advertised_ips: observed.webrtc.map(advertised_ips).unwrap_or_default(),
     }
+}
+
+/// `cam1 Failed on 0/2 pods: x.mp4: No such file` for each stream that `pick` selects.
+fn named(streams: &[StreamStatus], pick: impl Fn(&StreamStatus) -> bool) -> Vec<String> {
+    streams
+        .iter()
+        .filter(|s| pick(s))
+        .map(|s| {
+            let mut text = format!(
+                "{} {} (live on {} pods)",
+                s.id,
+                s.state,
+                s.ready_pods.as_deref().unwrap_or("0/0")
+            );
+            if let Some(error) = &s.last_error {
+                text.push_str(": ");
+                text.push_str(error);
+            }
+            text
+        })
+        .collect()
 }
 
 /// The message of the Deployment's `ReplicaFailure=True` condition, if it has one.
@@ -156,7 +203,8 @@ pub fn advertised_ips(webrtc: &WebRtcSettings) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::fixtures::{deployment_with_ready, egress};
+    use crate::operator::fixtures::{deployment_with_ready, egress, reporting_pod};
+    use crate::reports::ProcessState::{Failed, Running, Starting};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(second).unwrap()
@@ -202,14 +250,127 @@ mod tests {
         assert_eq!(find(&status, RECONCILED).status, "True");
         assert_eq!(find(&status, DEGRADED).status, "False");
 
+        // Two ready pods that have not reported: the pods are up, the streams not known live.
         let two = deployment_with_ready(2);
+        let silent = [reporting_pod("p-a", &[]), reporting_pod("p-b", &[])];
         let observed = Observed {
             deployment: Some(&two),
+            pods: &silent,
             ..Default::default()
         };
         let status = desired_status(&egress, &observed, at(1000));
-        assert_eq!(find(&status, READY).status, "True");
-        assert!(status.streams.iter().all(|s| s.state == "Serving"));
+        let ready = find(&status, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "StreamsNotLive")
+        );
+        assert!(
+            ready.message.contains("cam1 Starting (live on 0/2 pods)"),
+            "{}",
+            ready.message
+        );
+
+        let live = [
+            reporting_pod("p-a", &[("cam1", Running), ("cam2", Running)]),
+            reporting_pod("p-b", &[("cam1", Running), ("cam2", Running)]),
+        ];
+        let observed = Observed {
+            deployment: Some(&two),
+            pods: &live,
+            ..Default::default()
+        };
+        let status = desired_status(&egress, &observed, at(1000));
+        let ready = find(&status, READY);
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("True", "StreamsLive", "2/2 pods ready, 2/2 processes live")
+        );
+        assert!(status.streams.iter().all(|s| s.state == "Running"));
+        assert_eq!(status.live.as_deref(), Some("2/2"));
+        assert_eq!(find(&status, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_process_failing_on_every_pod_makes_the_resource_not_ready() {
+        let mut egress = egress("studio", &["cam1", "cam2"]);
+        egress.spec.replicas = 2;
+        let two = deployment_with_ready(2);
+        let mut a = reporting_pod("p-a", &[("cam1", Failed), ("cam2", Running)]);
+        let mut b = reporting_pod("p-b", &[("cam1", Failed), ("cam2", Running)]);
+        for pod in [&mut a, &mut b] {
+            crate::operator::fixtures::set_last_error(pod, "cam1", "in.mp4: No such file");
+        }
+        let pods = [a, b];
+        let observed = Observed {
+            deployment: Some(&two),
+            pods: &pods,
+            ..Default::default()
+        };
+        let status = desired_status(&egress, &observed, at(1000));
+        let ready = find(&status, READY);
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            (
+                "False",
+                "StreamsFailing",
+                "failing on every ready pod: cam1 Failed (live on 0/2 pods): in.mp4: No such file"
+            )
+        );
+        let degraded = find(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "StreamsFailing")
+        );
+        assert_eq!(status.live.as_deref(), Some("1/2"));
+        assert_eq!(
+            status.streams[0].last_error.as_deref(),
+            Some("in.mp4: No such file")
+        );
+        assert_eq!(
+            find(&status, RECONCILED).status,
+            "True",
+            "the children are fine"
+        );
+    }
+
+    #[test]
+    fn live_on_some_pods_is_degraded_but_ready() {
+        let mut egress = egress("studio", &["cam1", "cam2"]);
+        egress.spec.replicas = 2;
+        let two = deployment_with_ready(2);
+        let pods = [
+            reporting_pod("p-a", &[("cam1", Running), ("cam2", Running)]),
+            reporting_pod("p-b", &[("cam1", Starting), ("cam2", Running)]),
+        ];
+        let observed = Observed {
+            deployment: Some(&two),
+            pods: &pods,
+            ..Default::default()
+        };
+        let status = desired_status(&egress, &observed, at(1000));
+        assert_eq!(find(&status, READY).status, "True", "every process is live");
+        let degraded = find(&status, DEGRADED);
+        assert_eq!(
+            (
+                degraded.status.as_str(),
+                degraded.reason.as_str(),
+                degraded.message.as_str()
+            ),
+            (
+                "True",
+                "StreamsDegraded",
+                "cam1 Degraded (live on 1/2 pods)"
+            )
+        );
+        assert_eq!(status.live.as_deref(), Some("1/2"));
     }
 
     #[test]

@@ -1,0 +1,157 @@
+//! Events for the changes of a process's live state, from the status as it was to the status
+//! as it will be. Pure: the previous status is the memory, so an event is published once per
+//! transition however often the pods report, and an operator restart does not repeat it.
+
+use kube::runtime::events::EventType;
+
+use super::live::{DEGRADED, FAILED, RUNNING};
+use crate::crd::StreamStatus;
+
+/// Restart totals at which a Warning is recorded: once each, so a crash loop produces a few
+/// events over hours rather than one per restart.
+const RESTART_MARKS: [i64; 8] = [3, 10, 30, 100, 300, 1_000, 3_000, 10_000];
+
+/// One event to publish about the resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    pub type_: EventType,
+    /// `ProcessFailed`, `ProcessDegraded`, `ProcessRestarting`, `ProcessRecovered`.
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The events that going from `old` to `new` calls for.
+pub fn stream_events(old: &[StreamStatus], new: &[StreamStatus]) -> Vec<StreamEvent> {
+    let mut events = Vec::new();
+    for stream in new {
+        let before = old.iter().find(|s| s.id == stream.id);
+        let was = before.map(|s| s.state.as_str());
+        let id = &stream.id;
+        let pods = stream.ready_pods.as_deref().unwrap_or("?");
+        let why = stream
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        match stream.state.as_str() {
+            FAILED if was != Some(FAILED) => events.push(StreamEvent {
+                type_: EventType::Warning,
+                reason: "ProcessFailed",
+                note: format!("{id} failed on every ready pod{why}"),
+            }),
+            DEGRADED if was != Some(DEGRADED) => events.push(StreamEvent {
+                type_: EventType::Warning,
+                reason: "ProcessDegraded",
+                note: format!(
+                    "{id} live on {pods} pods; {}{why}",
+                    stream.message.as_deref().unwrap_or_default()
+                ),
+            }),
+            RUNNING if matches!(was, Some(FAILED | DEGRADED)) => events.push(StreamEvent {
+                type_: EventType::Normal,
+                reason: "ProcessRecovered",
+                note: format!("{id} live again on {pods} pods"),
+            }),
+            _ => {}
+        }
+        let restarts = stream.restarts.unwrap_or(0);
+        let restarts_before = before.and_then(|s| s.restarts).unwrap_or(0);
+        if let Some(mark) = RESTART_MARKS
+            .iter()
+            .rev()
+            .find(|mark| restarts_before < **mark && **mark <= restarts)
+        {
+            events.push(StreamEvent {
+                type_: EventType::Warning,
+                reason: "ProcessRestarting",
+                note: format!("{id}: FFmpeg restarted {restarts} times (≥ {mark}){why}"),
+            });
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(state: &str, pods: &str, restarts: i64, error: Option<&str>) -> StreamStatus {
+        StreamStatus {
+            id: "cam1".into(),
+            whep_path: "/whep/cam1".into(),
+            state: state.into(),
+            ready_pods: Some(pods.into()),
+            last_error: error.map(Into::into),
+            restarts: Some(restarts),
+            message: (state != RUNNING).then(|| "not live on p-b (Failed)".into()),
+        }
+    }
+
+    fn reasons(events: &[StreamEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn turning_failed_warns_once_with_the_reason() {
+        let starting = [stream("Starting", "0/1", 0, None)];
+        let failed = [stream("Failed", "0/1", 2, Some("x.mp4: No such file"))];
+        let events = stream_events(&starting, &failed);
+        assert_eq!(
+            events,
+            [StreamEvent {
+                type_: EventType::Warning,
+                reason: "ProcessFailed",
+                note: "cam1 failed on every ready pod: x.mp4: No such file".into(),
+            }]
+        );
+        // Still failing, one more restart: nothing new.
+        let still = [stream("Failed", "0/1", 2, Some("x.mp4: No such file"))];
+        assert!(stream_events(&failed, &still).is_empty());
+    }
+
+    #[test]
+    fn degraded_warns_and_recovery_is_normal() {
+        let running = [stream("Running", "2/2", 0, None)];
+        let degraded = [stream("Degraded", "1/2", 1, Some("Killed"))];
+        let events = stream_events(&running, &degraded);
+        assert_eq!(reasons(&events), ["ProcessDegraded"]);
+        assert_eq!(
+            events[0].note,
+            "cam1 live on 1/2 pods; not live on p-b (Failed): Killed"
+        );
+        assert!(stream_events(&degraded, &degraded).is_empty());
+        let back = [stream("Running", "2/2", 1, None)];
+        let events = stream_events(&degraded, &back);
+        assert_eq!(reasons(&events), ["ProcessRecovered"]);
+        assert_eq!(events[0].type_, EventType::Normal);
+        assert_eq!(events[0].note, "cam1 live again on 2/2 pods");
+        // A first start is no recovery.
+        let starting = [stream("Starting", "0/2", 0, None)];
+        assert!(stream_events(&starting, &back).is_empty());
+        assert!(stream_events(&[], &back).is_empty());
+    }
+
+    #[test]
+    fn restarts_warn_at_marks_not_per_restart() {
+        let at = |n| [stream("Running", "1/1", n, None)];
+        assert!(stream_events(&at(0), &at(2)).is_empty());
+        assert_eq!(
+            reasons(&stream_events(&at(2), &at(3))),
+            ["ProcessRestarting"]
+        );
+        assert!(stream_events(&at(3), &at(9)).is_empty());
+        let events = stream_events(&at(9), &at(31));
+        assert_eq!(
+            reasons(&events),
+            ["ProcessRestarting"],
+            "one event, the highest mark"
+        );
+        assert!(
+            events[0].note.contains("31 times (≥ 30)"),
+            "{}",
+            events[0].note
+        );
+        // Fewer restarts (a pod went away) then more again: the marks count from the status.
+        assert!(stream_events(&at(31), &at(5)).is_empty());
+    }
+}
