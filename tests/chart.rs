@@ -292,7 +292,7 @@ fn grant_set(items: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, Strin
 }
 
 /// What the operator's code calls (src/operator): its controller, reads, server-side apply,
-/// status merge patch, events. Nothing else.
+/// status merge patch, events, and the egress pods' reports (list/watch). Nothing else.
 fn operator_grants() -> BTreeSet<(String, String, String)> {
     const READ_APPLY: &[&str] = &["get", "list", "watch", "create", "patch"];
     grant_set(&[
@@ -310,6 +310,7 @@ fn operator_grants() -> BTreeSet<(String, String, String)> {
         ("", "configmaps", READ_APPLY),
         ("", "services", READ_APPLY),
         ("apps", "deployments", READ_APPLY),
+        ("", "pods", &["list", "watch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ])
 }
@@ -464,12 +465,17 @@ fn default_values_render_the_operator_and_its_least_privilege() {
         NAMESPACE
     );
 
-    // The agents: ServiceAccount + RoleBinding in `default`, bound to a read-only ClusterRole.
+    // The agents: ServiceAccount + RoleBinding in `default`, bound to a ClusterRole that reads
+    // stream entries and writes nothing but its pods' status (src/agent: the ConfigMap watch,
+    // the report's server-side apply to pods/status).
     let agent_sa = out.one("ServiceAccount", AGENT_SA);
     assert_eq!(agent_sa["metadata"]["namespace"], "default");
     assert_eq!(
         grants(&out.rules("ClusterRole", &format!("{FULLNAME}-agent"))),
-        grant_set(&[("", "configmaps", &["get", "list", "watch"])])
+        grant_set(&[
+            ("", "configmaps", &["get", "list", "watch"]),
+            ("", "pods/status", &["patch"]),
+        ])
     );
     assert!(
         out.get("ClusterRole", &format!("{FULLNAME}-agent-nodes"))
