@@ -1259,8 +1259,11 @@ fn ffmpeg_killed_in_one_of_two_pods_degrades_then_recovers() {
     let _a = Agent::start(&ns, "studio", &pods[0], "127.0.0.1", None);
     let b = Agent::start(&ns, "studio", &pods[1], "127.0.0.2", wrapper.to_str());
     kubectl_wait_ready(&ns, "studio");
-    let obj = ns.get("wegress", "studio").unwrap();
-    assert_eq!(stream(&obj, "cam1").unwrap()["readyPods"], "2/2");
+    // Ready means live somewhere; wait until it is live on both pods.
+    wait_for(CONVERGE, "cam1 live on both pods", || {
+        let obj = ns.get("wegress", "studio")?;
+        (stream(&obj, "cam1")?["readyPods"] == "2/2").then_some(())
+    });
     assert_eq!(live_column(&ns, "studio"), "1/1");
 
     // Kill the second pod's FFmpeg; it cannot come back.

@@ -10,8 +10,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use tracing::warn;
 
+use super::stream_events::{StreamEvent, Troubled, stream_events};
 use super::{AgentConfig, FIELD_MANAGER, Metrics};
-use crate::crd::WebRTCEgress;
+use crate::crd::{StreamStatus, WebRTCEgress};
 
 /// First retry after a failure; each further failure doubles it up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -25,6 +26,8 @@ pub struct Context {
     pub agent: AgentConfig,
     /// Consecutive failures per resource, for its backoff; cleared by a success.
     failures: Mutex<HashMap<ObjectRef<WebRTCEgress>, u32>>,
+    /// Per resource, the processes announced in trouble and not yet announced recovered.
+    troubled: Mutex<HashMap<ObjectRef<WebRTCEgress>, Troubled>>,
 }
 
 impl Context {
@@ -45,6 +48,7 @@ impl Context {
             metrics,
             agent,
             failures: Mutex::default(),
+            troubled: Mutex::default(),
         }
     }
 
@@ -60,6 +64,23 @@ impl Context {
 
     pub fn clear_failures(&self, object: &ObjectRef<WebRTCEgress>) {
         self.failures.lock().expect("failures lock").remove(object);
+    }
+
+    /// The events for the streams of `egress` going from `old` to `new`, remembering which
+    /// processes are in trouble.
+    pub fn stream_events(
+        &self,
+        egress: &WebRTCEgress,
+        old: &[StreamStatus],
+        new: &[StreamStatus],
+    ) -> Vec<StreamEvent> {
+        let mut troubled = self.troubled.lock().expect("troubled lock");
+        let entry = troubled.entry(ObjectRef::from_obj(egress)).or_default();
+        let events = stream_events(old, new, entry);
+        if entry.is_empty() {
+            troubled.remove(&ObjectRef::from_obj(egress));
+        }
+        events
     }
 
     /// Publishes an event about `egress`, related to one of its children if given; an event

@@ -17,7 +17,6 @@ use super::apply::{Outcome, apply};
 use super::children::{self, effective_webrtc, load_balancer_ips};
 use super::context::MAX_BACKOFF;
 use super::status::{Failure, Observed, desired_status};
-use super::stream_events::stream_events;
 use super::{Context, Error, FIELD_MANAGER};
 use crate::crd::{WebRTCEgress, WebRtcSettings, validate};
 
@@ -260,7 +259,7 @@ async fn write_status(
         .as_ref()
         .map(|s| s.streams.as_slice())
         .unwrap_or_default();
-    for event in stream_events(before, &status.streams) {
+    for event in ctx.stream_events(egress, before, &status.streams) {
         info!(reason = event.reason, "{}", event.note);
         ctx.publish(egress, event.type_, event.reason, event.note, None)
             .await;

@@ -1,6 +1,12 @@
 //! Events for the changes of a process's live state, from the status as it was to the status
 //! as it will be. Pure: the previous status is the memory, so an event is published once per
 //! transition however often the pods report, and an operator restart does not repeat it.
+//!
+//! One thing the status forgets: a process that failed and is being started afresh (its input
+//! fixed in the spec) shows Starting before Running. So which processes were reported in
+//! trouble is carried from one call to the next ([`Troubled`]), to announce their recovery.
+
+use std::collections::BTreeSet;
 
 use kube::runtime::events::EventType;
 
@@ -20,8 +26,23 @@ pub struct StreamEvent {
     pub note: String,
 }
 
-/// The events that going from `old` to `new` calls for.
-pub fn stream_events(old: &[StreamStatus], new: &[StreamStatus]) -> Vec<StreamEvent> {
+/// Processes of one resource announced Failed or Degraded and not announced recovered since.
+pub type Troubled = BTreeSet<String>;
+
+/// The events that going from `old` to `new` calls for; `troubled` is updated. Processes the
+/// old status shows Failed or Degraded count as troubled too (an operator that restarted has
+/// no memory but the status).
+pub fn stream_events(
+    old: &[StreamStatus],
+    new: &[StreamStatus],
+    troubled: &mut Troubled,
+) -> Vec<StreamEvent> {
+    troubled.extend(
+        old.iter()
+            .filter(|s| s.state == FAILED || s.state == DEGRADED)
+            .map(|s| s.id.clone()),
+    );
+    troubled.retain(|id| new.iter().any(|s| s.id == *id));
     let mut events = Vec::new();
     for stream in new {
         let before = old.iter().find(|s| s.id == stream.id);
@@ -34,20 +55,26 @@ pub fn stream_events(old: &[StreamStatus], new: &[StreamStatus]) -> Vec<StreamEv
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
         match stream.state.as_str() {
-            FAILED if was != Some(FAILED) => events.push(StreamEvent {
-                type_: EventType::Warning,
-                reason: "ProcessFailed",
-                note: format!("{id} failed on every ready pod{why}"),
-            }),
-            DEGRADED if was != Some(DEGRADED) => events.push(StreamEvent {
-                type_: EventType::Warning,
-                reason: "ProcessDegraded",
-                note: format!(
-                    "{id} live on {pods} pods; {}{why}",
-                    stream.message.as_deref().unwrap_or_default()
-                ),
-            }),
-            RUNNING if matches!(was, Some(FAILED | DEGRADED)) => events.push(StreamEvent {
+            FAILED if was != Some(FAILED) => {
+                troubled.insert(id.clone());
+                events.push(StreamEvent {
+                    type_: EventType::Warning,
+                    reason: "ProcessFailed",
+                    note: format!("{id} failed on every ready pod{why}"),
+                });
+            }
+            DEGRADED if was != Some(DEGRADED) => {
+                troubled.insert(id.clone());
+                events.push(StreamEvent {
+                    type_: EventType::Warning,
+                    reason: "ProcessDegraded",
+                    note: format!(
+                        "{id} live on {pods} pods; {}{why}",
+                        stream.message.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+            RUNNING if troubled.remove(id) => events.push(StreamEvent {
                 type_: EventType::Normal,
                 reason: "ProcessRecovered",
                 note: format!("{id} live again on {pods} pods"),
@@ -91,11 +118,16 @@ mod tests {
         events.iter().map(|e| e.reason).collect()
     }
 
+    /// Events with a memory that starts empty, as after an operator start.
+    fn fresh(old: &[StreamStatus], new: &[StreamStatus]) -> Vec<StreamEvent> {
+        stream_events(old, new, &mut Troubled::new())
+    }
+
     #[test]
     fn turning_failed_warns_once_with_the_reason() {
         let starting = [stream("Starting", "0/1", 0, None)];
         let failed = [stream("Failed", "0/1", 2, Some("x.mp4: No such file"))];
-        let events = stream_events(&starting, &failed);
+        let events = fresh(&starting, &failed);
         assert_eq!(
             events,
             [StreamEvent {
@@ -106,41 +138,58 @@ mod tests {
         );
         // Still failing, one more restart: nothing new.
         let still = [stream("Failed", "0/1", 2, Some("x.mp4: No such file"))];
-        assert!(stream_events(&failed, &still).is_empty());
+        assert!(fresh(&failed, &still).is_empty());
     }
 
     #[test]
     fn degraded_warns_and_recovery_is_normal() {
         let running = [stream("Running", "2/2", 0, None)];
         let degraded = [stream("Degraded", "1/2", 1, Some("Killed"))];
-        let events = stream_events(&running, &degraded);
+        let events = fresh(&running, &degraded);
         assert_eq!(reasons(&events), ["ProcessDegraded"]);
         assert_eq!(
             events[0].note,
             "cam1 live on 1/2 pods; not live on p-b (Failed): Killed"
         );
-        assert!(stream_events(&degraded, &degraded).is_empty());
+        assert!(fresh(&degraded, &degraded).is_empty());
         let back = [stream("Running", "2/2", 1, None)];
-        let events = stream_events(&degraded, &back);
+        let events = fresh(&degraded, &back);
         assert_eq!(reasons(&events), ["ProcessRecovered"]);
         assert_eq!(events[0].type_, EventType::Normal);
         assert_eq!(events[0].note, "cam1 live again on 2/2 pods");
         // A first start is no recovery.
         let starting = [stream("Starting", "0/2", 0, None)];
-        assert!(stream_events(&starting, &back).is_empty());
-        assert!(stream_events(&[], &back).is_empty());
+        assert!(fresh(&starting, &back).is_empty());
+        assert!(fresh(&[], &back).is_empty());
+    }
+
+    #[test]
+    fn recovery_through_a_fresh_start_is_announced_once() {
+        // Failed, then the input is fixed: the process starts afresh (Starting), then runs.
+        let mut troubled = Troubled::new();
+        let failed = [stream("Failed", "0/1", 5, Some("x.mp4: No such file"))];
+        let starting = [stream("Starting", "0/1", 0, None)];
+        let running = [stream("Running", "1/1", 0, None)];
+        let events = stream_events(&[], &failed, &mut troubled);
+        assert_eq!(reasons(&events), ["ProcessFailed", "ProcessRestarting"]);
+        assert!(stream_events(&failed, &starting, &mut troubled).is_empty());
+        let events = stream_events(&starting, &running, &mut troubled);
+        assert_eq!(reasons(&events), ["ProcessRecovered"]);
+        assert!(stream_events(&running, &running, &mut troubled).is_empty());
+        assert!(troubled.is_empty());
+        // A process removed while failing is forgotten.
+        stream_events(&[], &failed, &mut troubled);
+        stream_events(&failed, &[], &mut troubled);
+        assert!(troubled.is_empty());
     }
 
     #[test]
     fn restarts_warn_at_marks_not_per_restart() {
         let at = |n| [stream("Running", "1/1", n, None)];
-        assert!(stream_events(&at(0), &at(2)).is_empty());
-        assert_eq!(
-            reasons(&stream_events(&at(2), &at(3))),
-            ["ProcessRestarting"]
-        );
-        assert!(stream_events(&at(3), &at(9)).is_empty());
-        let events = stream_events(&at(9), &at(31));
+        assert!(fresh(&at(0), &at(2)).is_empty());
+        assert_eq!(reasons(&fresh(&at(2), &at(3))), ["ProcessRestarting"]);
+        assert!(fresh(&at(3), &at(9)).is_empty());
+        let events = fresh(&at(9), &at(31));
         assert_eq!(
             reasons(&events),
             ["ProcessRestarting"],
@@ -152,6 +201,6 @@ mod tests {
             events[0].note
         );
         // Fewer restarts (a pod went away) then more again: the marks count from the status.
-        assert!(stream_events(&at(31), &at(5)).is_empty());
+        assert!(fresh(&at(31), &at(5)).is_empty());
     }
 }
