@@ -90,12 +90,13 @@ pub fn desired_status(
                 format!("failing on every ready pod: {}", failing.join("; ")),
             )
         } else if ready_replicas >= needed && not_live.is_empty() {
-            condition(
-                READY,
-                true,
-                "StreamsLive",
-                format!("{message}, {live} processes live"),
-            )
+            let total = streams.len();
+            let partly = streams.iter().filter(|s| s.state == live::DEGRADED).count();
+            let mut text = format!("{message}, {total}/{total} processes live");
+            if partly > 0 {
+                text.push_str(&format!(", {partly} of them not on every pod"));
+            }
+            condition(READY, true, "StreamsLive", text)
         } else if ready_replicas >= needed {
             condition(
                 READY,
@@ -356,7 +357,15 @@ mod tests {
             ..Default::default()
         };
         let status = desired_status(&egress, &observed, at(1000));
-        assert_eq!(find(&status, READY).status, "True", "every process is live");
+        let ready = find(&status, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_str()),
+            (
+                "True",
+                "2/2 pods ready, 2/2 processes live, 1 of them not on every pod"
+            ),
+            "every process is live somewhere"
+        );
         let degraded = find(&status, DEGRADED);
         assert_eq!(
             (

@@ -63,7 +63,11 @@ pub fn stream_events(
                     note: format!("{id} failed on every ready pod{why}"),
                 });
             }
-            DEGRADED if was != Some(DEGRADED) => {
+            // Live on some pods only because the others are still starting (a rollout, a first
+            // start) is no news; live on some because FFmpeg failed on the others is.
+            DEGRADED
+                if stream.last_error.is_some() && !before.is_some_and(degraded_for_a_reason) =>
+            {
                 troubled.insert(id.clone());
                 events.push(StreamEvent {
                     type_: EventType::Warning,
@@ -96,6 +100,10 @@ pub fn stream_events(
         }
     }
     events
+}
+
+fn degraded_for_a_reason(stream: &StreamStatus) -> bool {
+    stream.state == DEGRADED && stream.last_error.is_some()
 }
 
 #[cfg(test)]
@@ -152,6 +160,13 @@ mod tests {
             "cam1 live on 1/2 pods; not live on p-b (Failed): Killed"
         );
         assert!(fresh(&degraded, &degraded).is_empty());
+        // Degraded only while a pod starts: no warning; once it fails there: a warning.
+        let starting_on_one = [stream("Degraded", "1/2", 0, None)];
+        assert!(fresh(&running, &starting_on_one).is_empty());
+        assert_eq!(
+            reasons(&fresh(&starting_on_one, &degraded)),
+            ["ProcessDegraded"]
+        );
         let back = [stream("Running", "2/2", 1, None)];
         let events = fresh(&degraded, &back);
         assert_eq!(reasons(&events), ["ProcessRecovered"]);
