@@ -807,7 +807,7 @@ fn operator_creates_owned_children_and_reports_status() {
 /// What changes with any write to the pod or the resource: resourceVersions, and the time of
 /// the agent's last apply to its pod.
 fn write_marks(ns: &Namespace, pod: &str, name: &str) -> (Value, Value, Value) {
-    let pod = ns.get("pod", pod).expect("the pod");
+    let pod = kubectl_json(&["get", "pod", pod, "-n", &ns.0, "--show-managed-fields"]);
     let agent_apply = pod["metadata"]["managedFields"]
         .as_array()
         .unwrap()
