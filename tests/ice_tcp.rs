@@ -145,10 +145,10 @@ async fn a_host_name_is_advertised_as_written_and_the_setting_turns_tcp_off() {
             response.text().await.unwrap()
         }
     };
-    let named = tcp_candidates(&answer("Egress.Example.org:8443").await);
+    let named = tcp_candidates(&answer("Egress.Example.invalid:8443").await);
     assert_eq!(named.len(), 1);
     assert!(
-        named[0].contains(" egress.example.org 8443 typ host tcptype passive"),
+        named[0].contains(" egress.example.invalid 8443 typ host tcptype passive"),
         "{}",
         named[0]
     );

@@ -2,6 +2,7 @@
 //! construction: offered back as our passive ICE-TCP candidate.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::http::uri::Authority;
@@ -50,6 +51,32 @@ pub fn tcp_candidate(
             addr: SocketAddr::new(conn.local.ip().to_canonical(), port),
             host: Some(host.to_ascii_lowercase()),
         }),
+    }
+}
+
+/// How long an offer may wait for the name the viewer used to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Turns a host-name candidate into an IP one when the name resolves here: browsers do not
+/// reliably use host-name candidates (Firefox ignores them, RFC 8839; Chromium did not connect
+/// through one in our namespace test), while the address a public name resolves to is the one
+/// the viewer reached. Left as a name when it does not resolve in time.
+pub async fn resolve(candidate: TcpCandidate) -> TcpCandidate {
+    let Some(name) = candidate.host.clone() else {
+        return candidate;
+    };
+    let port = candidate.addr.port();
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)));
+    let addrs: Vec<SocketAddr> = match lookup.await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return candidate,
+    };
+    match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
+        Some(addr) => TcpCandidate {
+            addr: SocketAddr::new(addr.ip().to_canonical(), port),
+            host: None,
+        },
+        None => candidate,
     }
 }
 
@@ -120,6 +147,21 @@ mod tests {
                 host: Some("egress.example.org".into()),
             })
         );
+    }
+
+    #[tokio::test]
+    async fn names_that_resolve_become_addresses() {
+        let named = |host: &str| TcpCandidate {
+            addr: "10.1.2.3:8443".parse().unwrap(),
+            host: Some(host.into()),
+        };
+        let resolved = resolve(named("localhost")).await;
+        assert!(resolved.addr.ip().is_loopback(), "{resolved:?}");
+        assert_eq!((resolved.addr.port(), resolved.host), (8443, None));
+        let unresolved = named("no-such-host.invalid");
+        assert_eq!(resolve(unresolved.clone()).await, unresolved);
+        let ip = ip("203.0.113.5:80").unwrap();
+        assert_eq!(resolve(ip.clone()).await, ip);
     }
 
     #[test]

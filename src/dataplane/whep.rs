@@ -298,7 +298,10 @@ async fn offer(
     }
     let sdp = utf8(&body)?;
     let engine = &state.engine;
-    let tcp = authority::tcp_candidate(&headers, &conn, state.trust_forwarded);
+    let tcp = match authority::tcp_candidate(&headers, &conn, state.trust_forwarded) {
+        Some(candidate) => Some(authority::resolve(candidate).await),
+        None => None,
+    };
     tracing::debug!(%process, peer = %conn.peer, ?tcp, "offer");
     let answer = engine
         .subscribe(stream.key, stream.audio.is_some(), sdp, tcp)

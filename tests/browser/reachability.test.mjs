@@ -72,6 +72,12 @@ test("through a TCP forward on the laptop's link, the page plays over ICE-TCP", 
   assert.match(r.pair.remote, /10\.77\.2\.1:8080/);
 });
 
+test("addressed by a host name, the page plays over ICE-TCP to the address the name resolves to", async () => {
+  const r = await play(env.NAMED_URL, "host-name");
+  assert.equal(r.pair.protocol, "tcp");
+  assert.match(r.pair.remote, /10\.77\.2\.1:8080/);
+});
+
 test("through kubectl port-forward's shape (127.0.0.1 over a unix socket), the page plays over ICE-TCP", async () => {
   const r = await play(env.PORT_FORWARD_URL, "port-forward");
   assert.equal(r.pair.protocol, "tcp");
