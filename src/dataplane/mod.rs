@@ -116,6 +116,7 @@ pub async fn run(
         engine.clone(),
         SubsystemConfig {
             ffmpeg: args.ffmpeg.clone(),
+            restarts: metrics.ffmpeg_restarts.clone(),
             ..Default::default()
         },
     );

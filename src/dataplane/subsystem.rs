@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -39,6 +40,8 @@ pub enum SubsystemError {
 pub struct SubsystemConfig {
     pub ffmpeg: String,
     pub restart: ffmpeg::RestartPolicy,
+    /// Counts every FFmpeg restart of every process (the `ffmpeg_restarts` metric).
+    pub restarts: Counter,
 }
 
 impl Default for SubsystemConfig {
@@ -46,6 +49,7 @@ impl Default for SubsystemConfig {
         SubsystemConfig {
             ffmpeg: "ffmpeg".into(),
             restart: ffmpeg::RestartPolicy::default(),
+            restarts: Counter::default(),
         }
     }
 }
@@ -245,7 +249,11 @@ impl Subsystem {
             ..SupervisorConfig::new(&self.config.ffmpeg, args, &spec.id)
         }));
         let _ = supervisor_slot.set(supervisor.clone());
-        tokio::spawn(forward_changes(supervisor.status(), self.changes.clone()));
+        tokio::spawn(forward_changes(
+            supervisor.status(),
+            self.changes.clone(),
+            self.config.restarts.clone(),
+        ));
         info!(process = %spec.id, video = %video.addr(), "process started");
         let replaced = self.streams.lock().unwrap().insert(
             spec.id.clone(),
@@ -311,13 +319,18 @@ impl Subsystem {
     }
 }
 
-/// Passes each status change of one FFmpeg on to the subsystem's counter; ends with the
-/// supervisor.
+/// Passes each status change of one FFmpeg on to the subsystem's change counter, and its
+/// restarts to the restart metric; ends with the supervisor.
 async fn forward_changes(
     mut status: watch::Receiver<ProcessStatus>,
     changes: Arc<watch::Sender<u64>>,
+    restarts: Counter,
 ) {
+    let mut seen = status.borrow().restarts;
     while status.changed().await.is_ok() {
+        let now = status.borrow_and_update().restarts;
+        restarts.inc_by(u64::from(now.saturating_sub(seen)));
+        seen = now;
         changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -362,6 +375,14 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     async fn subsystem() -> Arc<Subsystem> {
+        subsystem_with(SubsystemConfig {
+            ffmpeg: "true".into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn subsystem_with(config: SubsystemConfig) -> Arc<Subsystem> {
         let engine = Engine::start(
             EngineConfig {
                 bind: "127.0.0.1:0".parse().unwrap(),
@@ -379,13 +400,31 @@ mod tests {
         .await
         .unwrap();
         // `true` exits at once: supervision restarts it, which is all these tests need.
-        Subsystem::new(
-            engine,
-            SubsystemConfig {
-                ffmpeg: "true".into(),
-                ..Default::default()
+        Subsystem::new(engine, config)
+    }
+
+    #[tokio::test]
+    async fn every_restart_is_counted() {
+        let restarts = Counter::default();
+        let subsystem = subsystem_with(SubsystemConfig {
+            ffmpeg: "true".into(),
+            restart: ffmpeg::RestartPolicy {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(20),
             },
-        )
+            restarts: restarts.clone(),
+        })
+        .await;
+        subsystem.start_process(process("a", false)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while restarts.get() < 3 {
+            assert!(std::time::Instant::now() < deadline, "restarts not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let counted = restarts.get();
+        let reported = subsystem.statuses()[0].1.restarts;
+        assert!(u64::from(reported) >= counted, "{reported} < {counted}");
+        subsystem.close().await;
     }
 
     fn process(id: &str, audio: bool) -> ProcessSpec {
