@@ -184,7 +184,24 @@ impl PodReport {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// A report of `(id, state, restarts, last error)` items, for the tests of both sides.
+#[cfg(test)]
+pub fn report(items: &[(&str, ProcessState, u32, Option<&str>)]) -> PodReport {
+    PodReport {
+        processes: items
+            .iter()
+            .map(|(id, state, restarts, error)| {
+                (
+                    (*id).to_owned(),
+                    ProcessReport::new(*state, *restarts, *error),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -199,18 +216,10 @@ fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
-    fn report(items: &[(&str, ProcessState, u32, Option<&str>)]) -> PodReport {
-        PodReport {
-            processes: items
-                .iter()
-                .map(|(id, state, restarts, error)| {
-                    (
-                        (*id).to_owned(),
-                        ProcessReport::new(*state, *restarts, *error),
-                    )
-                })
-                .collect(),
-        }
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 
     #[test]

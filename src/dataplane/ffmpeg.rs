@@ -251,6 +251,7 @@ pub fn check_ffmpeg(bin: &str) -> Result<String, FfmpegError> {
 
 /// Lifecycle of a supervised FFmpeg; the reports agents publish carry it as is.
 pub use crate::reports::ProcessState;
+use crate::reports::truncate;
 
 /// What the supervisor knows about its FFmpeg, published on a watch channel.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -647,17 +648,6 @@ fn without_addresses(line: &str) -> String {
     out
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// kill_on_drop does not run when this process is SIGKILLed or crashes; the kernel's
 /// parent-death signal makes sure no FFmpeg outlives the egress process that started it.
 fn die_with_parent(command: &mut Command) {
@@ -875,12 +865,6 @@ mod tests {
             without_addresses("x.mp4: No such file"),
             "x.mp4: No such file"
         );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 
     #[test]

@@ -148,21 +148,7 @@ mod tests {
 
     use super::*;
     use crate::operator::fixtures::process;
-    use crate::reports::REPORT_ANNOTATION;
-
-    fn report(items: &[(&str, ProcessState, u32, Option<&str>)]) -> PodReport {
-        PodReport {
-            processes: items
-                .iter()
-                .map(|(id, state, restarts, error)| {
-                    (
-                        (*id).to_owned(),
-                        ProcessReport::new(*state, *restarts, *error),
-                    )
-                })
-                .collect(),
-        }
-    }
+    use crate::reports::{REPORT_ANNOTATION, report};
 
     /// A pod as listed: ready or not, with a report annotation if given.
     fn pod(name: &str, ready: bool, report: Option<&PodReport>) -> Pod {
