@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::Listener;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -23,10 +22,9 @@ const MAX_UNCLASSIFIED: usize = 1024;
 /// How often a connection whose first bytes are too few to tell is looked at again.
 const PEEK_RETRY: Duration = Duration::from_millis(5);
 
-/// The HTTP half of the port, as axum's listener.
+/// The HTTP half of the port: the connections told apart as HTTP.
 pub struct SplitListener {
     http: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    local_addr: SocketAddr,
 }
 
 /// Both ends of a request's connection, for handlers that need to know how they were reached.
@@ -39,32 +37,19 @@ pub struct ConnInfo {
 impl SplitListener {
     /// Accepts on `listener` from now on, diverting ICE-TCP connections to `engine`; those
     /// that show nothing in time count as `refused`.
-    pub fn spawn(
-        listener: TcpListener,
-        engine: Arc<Engine>,
-        refused: Counter,
-    ) -> std::io::Result<Self> {
-        let local_addr = listener.local_addr()?;
+    pub fn spawn(listener: TcpListener, engine: Arc<Engine>, refused: Counter) -> Self {
         let (tx, http) = mpsc::channel(256);
         tokio::spawn(accept_loop(listener, engine, tx, refused));
-        Ok(SplitListener { http, local_addr })
+        SplitListener { http }
     }
-}
 
-impl Listener for SplitListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    /// The next HTTP connection and its peer.
+    pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         match self.http.recv().await {
             Some(conn) => conn,
             // The accept loop only ends with the runtime; never hand out anything again.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local_addr)
     }
 }
 

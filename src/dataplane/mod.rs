@@ -183,7 +183,7 @@ pub async fn run(
         }
     };
     let listener =
-        listener::SplitListener::spawn(listener, engine.clone(), refused_connections.clone())?;
+        listener::SplitListener::spawn(listener, engine.clone(), refused_connections.clone());
     http::serve(listener, app, &args.http, refused_connections, draining).await;
     applier.abort();
     subsystem.close().await;

@@ -4,6 +4,8 @@
 
 use tokio_util::codec::LengthDelimitedCodec;
 
+use super::stun;
+
 /// Larger than any STUN message, DTLS record or RTP/RTCP packet either side sends; a longer
 /// frame means the peer is not speaking ICE-TCP and the connection is closed.
 pub const MAX_FRAME: usize = 8 * 1024;
@@ -21,7 +23,6 @@ pub fn codec() -> LengthDelimitedCodec {
 /// bytes have arrived to tell. HTTP requests start with an ASCII method name, which as a
 /// length would exceed any STUN message, so the two can never be confused.
 pub fn is_ice_tcp_start(head: &[u8]) -> Option<bool> {
-    const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
     if head.first().is_some_and(u8::is_ascii_alphabetic) {
         return Some(false);
     }
@@ -29,7 +30,7 @@ pub fn is_ice_tcp_start(head: &[u8]) -> Option<bool> {
         return None;
     }
     let len = u16::from_be_bytes([head[0], head[1]]) as usize;
-    Some((20..=MAX_FRAME).contains(&len) && head[2..4] == [0x00, 0x01] && head[6..10] == MAGIC)
+    Some((20..=MAX_FRAME).contains(&len) && stun::is_binding_request_start(&head[2..]))
 }
 
 #[cfg(test)]

@@ -31,9 +31,14 @@ pub fn local_ufrag(data: &[u8]) -> Option<&str> {
     username.split(':').next()
 }
 
+/// Whether `head` (at least 8 bytes) starts a STUN binding request: its type and magic cookie.
+pub fn is_binding_request_start(head: &[u8]) -> bool {
+    head.get(..2) == Some(&BINDING_REQUEST[..]) && head.get(4..8) == Some(&MAGIC[..])
+}
+
 /// A binding request carrying USE-CANDIDATE: the viewer nominating the pair it arrived on.
 pub fn is_nomination(data: &[u8]) -> bool {
-    data.get(..2) == Some(&BINDING_REQUEST[..]) && attribute(data, USE_CANDIDATE).is_some()
+    is_binding_request_start(data) && attribute(data, USE_CANDIDATE).is_some()
 }
 
 #[cfg(test)]
