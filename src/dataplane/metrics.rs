@@ -34,6 +34,8 @@ pub struct Metrics {
     pub ice_tcp_connections: Counter,
     /// Connections on the HTTP port closed as neither HTTP nor a valid ICE-TCP start.
     pub ice_tcp_refused: Counter,
+    /// HTTP connections closed on accept because `--max-connections` were held.
+    pub http_connections_refused: Counter,
     /// Packets not queued to an ICE-TCP viewer (queue full or connection gone).
     pub tcp_send_dropped: Counter,
     registry: Arc<Registry>,
@@ -56,6 +58,7 @@ impl Default for Metrics {
         let sessions_connected = Family::<TransportLabels, Gauge>::default();
         let ice_tcp_connections = Counter::default();
         let ice_tcp_refused = Counter::default();
+        let http_connections_refused = Counter::default();
         let tcp_send_dropped = Counter::default();
         let mut registry = Registry::with_prefix("webrtc_egress");
         registry.register(
@@ -72,6 +75,11 @@ impl Default for Metrics {
             "ice_tcp_refused",
             "connections on the HTTP port refused as neither HTTP nor ICE-TCP",
             ice_tcp_refused.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on accept at the connection limit",
+            http_connections_refused.clone(),
         );
         registry.register(
             "tcp_send_dropped",
@@ -150,6 +158,7 @@ impl Default for Metrics {
             sessions_connected,
             ice_tcp_connections,
             ice_tcp_refused,
+            http_connections_refused,
             tcp_send_dropped,
             registry: Arc::new(registry),
         }

@@ -98,7 +98,10 @@ pub async fn run(
     } = feed;
     let factory = translate(&initial.webrtc, &fallback_ips).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Metrics::default();
-    let refused_connections = metrics.ice_tcp_refused.clone();
+    let (unclassified_refused, http_refused) = (
+        metrics.ice_tcp_refused.clone(),
+        metrics.http_connections_refused.clone(),
+    );
     let engine = Engine::start(
         EngineConfig {
             bind: SocketAddr::new(args.udp_bind, factory.udp_port),
@@ -182,9 +185,8 @@ pub async fn run(
             info!(left = engine.sessions_held(), "drained");
         }
     };
-    let listener =
-        listener::SplitListener::spawn(listener, engine.clone(), refused_connections.clone());
-    http::serve(listener, app, &args.http, refused_connections, draining).await;
+    let listener = listener::SplitListener::spawn(listener, engine.clone(), unclassified_refused);
+    http::serve(listener, app, &args.http, http_refused, draining).await;
     applier.abort();
     subsystem.close().await;
     engine.close().await;
