@@ -58,6 +58,7 @@ const ICE_URL_PATTERN: &str = "^(stun|stuns|turn|turns):.+";
 const ICE_URL_SCHEMES: [&str; 4] = ["stun:", "stuns:", "turn:", "turns:"];
 const VIDEO_BITRATE_KBPS: (u32, u32) = (100, 50_000);
 const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
+const MAX_PROCESSES: usize = 128;
 /// A ladder costs one encode per rendition; four covers 1080p down to mobile.
 const MAX_RENDITIONS: usize = 4;
 const RENDITION_NAME_MAX_LEN: usize = 15;
@@ -113,7 +114,9 @@ pub struct WebRTCEgressSpec {
     /// Require a bearer token on WHEP requests; omit for open access.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
-    /// Live inputs, each served at `/whep/{id}`.
+    /// Live inputs, each served at `/whep/{id}`; every pod runs an FFmpeg for each, so a
+    /// resource holds at most 128 (bounding the list also bounds the API server's CEL cost).
+    #[schemars(length(max = MAX_PROCESSES))]
     #[schemars(extend(
         "x-kubernetes-list-type" = "map",
         "x-kubernetes-list-map-keys" = ["id"]

@@ -66,6 +66,12 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
         }
     }
     validate_pod(&spec.pod, &mut errors);
+    if spec.processes.len() > MAX_PROCESSES {
+        errors.push(FieldError::new(
+            "spec.processes",
+            format!("at most {MAX_PROCESSES} processes are allowed"),
+        ));
+    }
     let mut seen_ids = HashSet::new();
     for (i, process) in spec.processes.iter().enumerate() {
         let path = format!("spec.processes[{i}]");

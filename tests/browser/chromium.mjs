@@ -1,7 +1,8 @@
 // What the browser tests share: Debian's Chromium through playwright-core, and the checks that
 // a player page is really playing (frames decoded, audio packets received).
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -28,6 +29,21 @@ export function launchChromium(executablePath = chromiumPath) {
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
       "--autoplay-policy=no-user-gesture-required"],
   });
+}
+
+/// Chromium inside network namespace `netns` (tests/netns/topology); playwright talks to it
+/// over a pipe, so the namespace needs no route to us.
+export function launchChromiumIn(netns) {
+  const dir = mkdtempSync(join(tmpdir(), "webrtc-egress-netns-"));
+  const wrapper = join(dir, "chromium-in-netns");
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${netns} ${chromiumPath} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  return launchChromium(wrapper);
+}
+
+/// The KEY=VALUE lines of a topology's env file.
+export function readEnv(file) {
+  return Object.fromEntries(readFileSync(file, "utf8").trim().split("\n").map((l) => l.split("=")));
 }
 
 export async function audioPacketsReceived(page) {

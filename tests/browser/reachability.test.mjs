@@ -5,26 +5,20 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, chmodSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { launchChromium, root, shots, waitFor } from "./chromium.mjs";
+import { launchChromiumIn, readEnv, root, shots, waitFor } from "./chromium.mjs";
 
 const envFile = process.env.REACH_ENV;
 assert.ok(envFile, "REACH_ENV unset: run scripts/test-reachability, which builds the namespaces");
-const env = Object.fromEntries(readFileSync(envFile, "utf8").trim().split("\n").map((l) => l.split("=")));
+const env = readEnv(envFile);
 const topology = join(root, "tests/netns/topology");
 const reachDir = resolve(envFile, "..");
 
 let browser;
 
 before(async () => {
-  // Chromium runs inside the laptop namespace; playwright talks to it over a pipe.
-  const dir = mkdtempSync(join(tmpdir(), "webrtc-egress-reach-"));
-  const wrapper = join(dir, "chromium-in-laptop");
-  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${env.LAPTOP_NS} /usr/bin/chromium "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  browser = await launchChromium(wrapper);
+  browser = await launchChromiumIn(env.LAPTOP_NS);
 });
 
 after(async () => {

@@ -10,6 +10,7 @@ mod error;
 mod factory;
 pub mod framing;
 pub mod h264;
+mod loss;
 mod outbox;
 mod peer;
 pub mod rendition;

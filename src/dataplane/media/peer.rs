@@ -5,7 +5,7 @@ use std::time::Instant;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -23,12 +23,15 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use std::net::{IpAddr, SocketAddr};
 
 use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
+use super::loss::{LossProbe, LossReports};
+
+/// Below every named slot of `rtc`'s registry (the lowest is 1_000): the wire end of the chain.
+const LOSS_PROBE_SLOT: usize = 100;
 use super::factory::PeerFactoryConfig;
 use super::{SubscribeError, TrackKind};
 
@@ -56,8 +59,7 @@ pub struct Answered {
     pub audio: Option<TrackOut>,
 }
 
-/// `adaptive`: also offer REMB (`goog-remb`) on video, the estimate a rendition ladder follows.
-fn media_engine(adaptive: bool) -> Result<(MediaEngine, Registry), SubscribeError> {
+fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
     let mut engine = MediaEngine::default();
     for (kind, rtp_kind, pt) in [
         (TrackKind::Video, RtpCodecKind::Video, H264_PT),
@@ -72,15 +74,6 @@ fn media_engine(adaptive: bool) -> Result<(MediaEngine, Registry), SubscribeErro
                 rtp_kind,
             )
             .map_err(internal)?;
-    }
-    if adaptive {
-        engine.register_feedback(
-            RTCPFeedback {
-                typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
-                parameter: String::new(),
-            },
-            RtpCodecKind::Video,
-        );
     }
     // NACKs are answered from the sender's history; reports keep browsers' stats and A/V sync.
     let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
@@ -133,7 +126,7 @@ pub fn answer(
     config: &PeerFactoryConfig,
     stream_has_audio: bool,
     tcp: Option<&TcpCandidate>,
-    adaptive: bool,
+    loss: Option<&LossReports>,
 ) -> Result<Answered, SubscribeError> {
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SubscribeError::BadOffer(
@@ -149,7 +142,14 @@ pub fn answer(
     }
 
     let local_ufrag = random_token(16);
-    let (media_engine, registry) = media_engine(adaptive)?;
+    let (media_engine, mut registry) = media_engine()?;
+    if let Some(reports) = loss {
+        // Wire-most, so that it sees receiver reports before any interceptor consumes them.
+        registry = registry.with(
+            Slot::Custom(LOSS_PROBE_SLOT),
+            LossProbe::new(reports.clone()),
+        );
+    }
     let settings = SettingEngineBuilder::new()
         .with_ice_credentials(local_ufrag.clone(), random_token(32))
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_CHECK_ATTEMPTS))

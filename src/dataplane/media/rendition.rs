@@ -1,7 +1,12 @@
 //! Which rendition of a ladder one viewer follows, sans-IO: it moves only at a keyframe of the
 //! rendition it moves to, and rewrites sequence numbers and timestamps so the viewer sees one
-//! continuous track. The choice follows what the viewer's browser reports: receiver-estimated
-//! maximum bitrate (REMB) and receiver-report loss, down fast, up slowly.
+//! continuous track. The choice follows the loss the viewer's browser reports in its RTCP
+//! receiver reports: down at once on heavy loss, up slowly.
+//!
+//! Going up is a probe: nothing the viewer sends vouches for a rung several times higher (even a
+//! receiver's REMB estimate stays near 1.5x what it receives). A viewer whose reports stay clean
+//! tries the next rung up; if that brings loss, it comes straight back and waits twice as long
+//! before the next try (up to [`MAX_HOLD`]).
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +17,13 @@ use super::codecs::clock_rate;
 const LOSS_DOWN: u8 = 26;
 /// Loss under which a report counts as clean: 2%.
 const LOSS_CLEAN: u8 = 5;
-/// A REMB under this share of the current rendition's bitrate moves the viewer down.
-const REMB_DOWN: f64 = 0.85;
-/// A REMB over this share of the next rendition up is needed to move up.
-const REMB_UP: f64 = 1.3;
-/// How long reports must stay clean (and REMB high, when sent) before a step up.
+/// How long reports must stay clean before a step up.
 const CLEAN_FOR_UP: Duration = Duration::from_secs(8);
-/// No step up this soon after a step down: the link just said no.
+/// No step up this soon after a step down: the link just said no. Doubles after a failed probe.
 const HOLD_AFTER_DOWN: Duration = Duration::from_secs(10);
+const MAX_HOLD: Duration = Duration::from_secs(120);
+/// A step down this soon after a step up means the probe failed.
+const PROBE_WINDOW: Duration = Duration::from_secs(15);
 /// Between two steps down, so the first can take effect (a keyframe, a report) before another.
 const DOWN_SPACING: Duration = Duration::from_secs(1);
 
@@ -37,8 +41,6 @@ pub struct Ladder {
 /// What a viewer's browser told us.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Feedback {
-    /// Receiver-estimated maximum bitrate, bits per second.
-    Remb(u64),
     /// `fraction lost` of a receiver report on the video track (0..=255).
     Loss(u8),
 }
@@ -64,9 +66,10 @@ pub struct Follower {
     ts_delta: u32,
     /// Last sequence number and timestamp sent, and when.
     last: Option<(u16, u32, Instant)>,
-    remb: Option<u64>,
     clean_since: Option<Instant>,
     last_down: Option<Instant>,
+    last_up: Option<Instant>,
+    hold: Duration,
 }
 
 impl Follower {
@@ -79,9 +82,10 @@ impl Follower {
             seq_delta: 0,
             ts_delta: 0,
             last: None,
-            remb: None,
             clean_since: None,
             last_down: None,
+            last_up: None,
+            hold: HOLD_AFTER_DOWN,
         }
     }
 
@@ -130,27 +134,19 @@ impl Follower {
         Some((out, switched))
     }
 
-    /// Takes one piece of feedback and moves the target: down at once on heavy loss or a low
-    /// estimate, up one step only after a clean stretch with room to spare.
+    /// Takes one piece of feedback and moves the target: down at once on heavy loss, up one
+    /// step only after a clean stretch.
     pub fn on_feedback(&mut self, feedback: Feedback, now: Instant) {
         if self.ladder.pinned {
             return;
         }
-        let current_kbps = self.ladder.bitrates_kbps[self.current as usize];
-        let down = match feedback {
-            Feedback::Remb(bps) => {
-                self.remb = Some(bps);
-                (bps as f64) < REMB_DOWN * f64::from(current_kbps) * 1000.0
-            }
-            Feedback::Loss(fraction) => {
-                if fraction <= LOSS_CLEAN {
-                    self.clean_since.get_or_insert(now);
-                } else {
-                    self.clean_since = None;
-                }
-                fraction >= LOSS_DOWN
-            }
-        };
+        let Feedback::Loss(fraction) = feedback;
+        if fraction <= LOSS_CLEAN {
+            self.clean_since.get_or_insert(now);
+        } else {
+            self.clean_since = None;
+        }
+        let down = fraction >= LOSS_DOWN;
         if down {
             self.clean_since = None;
             let spaced = self
@@ -160,6 +156,14 @@ impl Follower {
                 && spaced
                 && self.target == self.current
             {
+                let failed_probe = self
+                    .last_up
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBE_WINDOW);
+                self.hold = if failed_probe {
+                    (self.hold * 2).min(MAX_HOLD)
+                } else {
+                    HOLD_AFTER_DOWN
+                };
                 self.target = lower;
                 self.last_down = Some(now);
             }
@@ -173,12 +177,10 @@ impl Follower {
             .is_some_and(|t| now.saturating_duration_since(t) >= CLEAN_FOR_UP);
         let held = self
             .last_down
-            .is_some_and(|t| now.saturating_duration_since(t) < HOLD_AFTER_DOWN);
-        let room = self.remb.is_none_or(|bps| {
-            bps as f64 >= REMB_UP * f64::from(self.ladder.bitrates_kbps[higher as usize]) * 1000.0
-        });
-        if clean && room && !held && self.target == self.current {
+            .is_some_and(|t| now.saturating_duration_since(t) < self.hold);
+        if clean && !held && self.target == self.current {
             self.target = higher;
+            self.last_up = Some(now);
             self.clean_since = Some(now);
         }
     }
@@ -232,11 +234,14 @@ mod tests {
     }
 
     #[test]
-    fn down_fast_on_loss_or_a_low_estimate_up_slowly_after_a_clean_stretch() {
+    fn down_fast_on_loss_up_slowly_after_a_clean_stretch() {
         let t0 = Instant::now();
+        let s = Duration::from_secs;
         let mut f = Follower::new(ladder());
-        f.on_feedback(Feedback::Remb(1_000_000), t0);
-        assert_eq!(f.target, 1, "1 Mbit/s cannot carry 2500 kbit/s");
+        f.on_feedback(Feedback::Loss(3), t0);
+        assert_eq!(f.target, 0, "2% loss is clean");
+        f.on_feedback(Feedback::Loss(60), t0);
+        assert_eq!(f.target, 1);
         f.admit(1, true, 1, 1, t0);
         // A second step waits for the spacing.
         f.on_feedback(Feedback::Loss(100), t0 + Duration::from_millis(500));
@@ -245,23 +250,55 @@ mod tests {
         assert_eq!(f.target, 2);
         f.admit(2, true, 1, 1, t0 + Duration::from_millis(1600));
 
-        // Clean reports and room: up one step after the hold and the clean stretch, not before.
-        let mut at = t0 + Duration::from_secs(2);
-        f.on_feedback(Feedback::Remb(5_000_000), at);
-        while at < t0 + Duration::from_secs(11) {
-            f.on_feedback(Feedback::Loss(0), at);
-            at += Duration::from_secs(1);
+        // Clean from 2 s: up one step once 8 s clean and 10 s past the last step down.
+        for t in 2..11 {
+            f.on_feedback(Feedback::Loss(0), t0 + s(t));
+            assert_eq!(f.target, 2, "at {t} s");
         }
-        assert_eq!(f.target, 2, "held after the last step down");
-        f.on_feedback(Feedback::Loss(0), t0 + Duration::from_secs(12));
+        f.on_feedback(Feedback::Loss(0), t0 + s(12));
         assert_eq!(f.target, 1);
-        // A low estimate keeps it from climbing further.
-        f.admit(1, true, 2, 2, t0 + Duration::from_secs(12));
-        f.on_feedback(Feedback::Remb(900_000), t0 + Duration::from_secs(13));
-        for s in 14..40 {
-            f.on_feedback(Feedback::Loss(0), t0 + Duration::from_secs(s));
+        f.admit(1, true, 2, 2, t0 + s(12));
+        // The next step up needs its own clean stretch.
+        for t in 13..20 {
+            f.on_feedback(Feedback::Loss(0), t0 + s(t));
+            assert_eq!(f.target, 1, "at {t} s");
         }
-        assert_eq!(f.target, 1);
+        f.on_feedback(Feedback::Loss(0), t0 + s(20));
+        assert_eq!(f.target, 0);
+    }
+
+    #[test]
+    fn a_failed_probe_doubles_the_wait_before_the_next() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut f = Follower::new(Ladder {
+            start: 1,
+            ..ladder()
+        });
+        // Down to the bottom, then clean: a probe up after the 10 s hold.
+        f.on_feedback(Feedback::Loss(100), t0);
+        f.admit(2, true, 1, 1, t0);
+        let mut probes = Vec::new();
+        for t in 1..200 {
+            let now = t0 + s(t);
+            // The link carries only the bottom rung: every probe brings loss.
+            let loss = if f.current() == 2 { 0 } else { 100 };
+            f.on_feedback(Feedback::Loss(loss), now);
+            if f.target != f.current() {
+                if f.target < f.current() {
+                    probes.push(t);
+                }
+                let target = f.target;
+                f.admit(target, true, 1, 1, now);
+            }
+        }
+        let gaps: Vec<u64> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(probes[0], 10, "{probes:?}");
+        assert!(
+            gaps.windows(2).all(|g| g[1] >= g[0]),
+            "waits grow: {gaps:?}"
+        );
+        assert!(gaps.iter().any(|g| *g >= 40), "{gaps:?}");
     }
 
     #[test]
@@ -273,7 +310,6 @@ mod tests {
             ..ladder()
         });
         f.on_feedback(Feedback::Loss(255), t0);
-        f.on_feedback(Feedback::Remb(100), t0);
         assert_eq!((f.current(), f.target), (2, 2));
         assert!(f.admit(2, false, 5, 5, t0).is_some());
         assert!(f.admit(0, true, 5, 5, t0).is_none());

@@ -24,13 +24,14 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::factory::PeerFactoryConfig;
+use super::loss::LossReports;
 use super::outbox::Outbox;
 use super::peer::{self, TcpCandidate};
 use super::rendition::{Follower, Ladder};
 use super::{MediaPacket, StreamKey, SubscribeError};
 use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
-use shard::{Shard, ShardMsg, Subscriber};
+use shard::{FeedbackRead, Shard, ShardMsg, Subscriber};
 
 pub type SessionId = Arc<str>;
 
@@ -275,8 +276,13 @@ impl Engine {
         let Subscription {
             stream, has_audio, ..
         } = to;
-        // REMB is asked for only where it steers something: a viewer free to change rendition.
-        let adaptive = to.ladder.as_ref().is_some_and(|l| !l.pinned);
+        // Only a viewer free to change rendition needs its loss reports read.
+        let loss = to
+            .ladder
+            .as_ref()
+            .filter(|l| !l.pinned)
+            .map(|_| LossReports::default());
+        let probe = loss.clone();
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
         let tcp = tcp.filter(|_| factory.ice_tcp);
@@ -284,7 +290,7 @@ impl Engine {
         let offer = offer_sdp.to_owned();
         // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
         let answered = std::panic::catch_unwind(move || {
-            peer::answer(&offer, &factory, has_audio, tcp.as_ref(), adaptive)
+            peer::answer(&offer, &factory, has_audio, tcp.as_ref(), probe.as_ref())
         })
         .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
         let session: SessionId = peer::random_id().into();
@@ -335,6 +341,7 @@ impl Engine {
             created: Instant::now(),
             metrics: to.metrics,
             follower: to.ladder.map(Follower::new),
+            feedback: FeedbackRead::new(loss),
         };
         if self.shards[shard]
             .send(ShardMsg::Add(Box::new(subscriber)))

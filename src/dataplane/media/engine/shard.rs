@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::sansio::Protocol;
@@ -20,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::demux::{Route, local_candidate_for};
 use super::tcp::TcpLink;
 use super::{SessionId, Shared};
+use crate::dataplane::media::loss::LossReports;
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::rendition::{Feedback, Follower};
@@ -34,6 +34,8 @@ const KEYFRAME_CACHE_LIMIT: usize = 4096;
 const TICK: Duration = Duration::from_millis(10);
 /// How often a nomination `rtc` may have ignored is handed back to it.
 const NOMINATION_REPLAY: Duration = Duration::from_millis(50);
+/// How often a ladder viewer's receiver reports are looked at (browsers send about one a second).
+const FEEDBACK_EVERY: Duration = Duration::from_secs(1);
 /// ICE-TCP connections kept per session.
 const MAX_TCP_LINKS: usize = 2;
 
@@ -104,6 +106,40 @@ pub(super) struct Subscriber {
     pub(super) metrics: ProcessMetrics,
     /// The rendition it follows, for a process with a ladder.
     pub(super) follower: Option<Follower>,
+    pub(super) feedback: FeedbackRead,
+}
+
+/// A ladder viewer's loss reports, as its peer's [`LossProbe`] notes them, and how many of
+/// them were handed on already.
+///
+/// [`LossProbe`]: crate::dataplane::media::loss::LossProbe
+pub(super) struct FeedbackRead {
+    reports: Option<LossReports>,
+    read_at: Instant,
+    seen: u64,
+}
+
+impl FeedbackRead {
+    pub(super) fn new(reports: Option<LossReports>) -> Self {
+        FeedbackRead {
+            reports,
+            read_at: Instant::now(),
+            seen: 0,
+        }
+    }
+
+    /// The loss of a report on `ssrc` not handed on yet.
+    fn next(&mut self, ssrc: u32, now: Instant) -> Option<u8> {
+        if now.saturating_duration_since(self.read_at) < FEEDBACK_EVERY {
+            return None;
+        }
+        self.read_at = now;
+        let (count, fraction) = self.reports.as_ref()?.latest(ssrc)?;
+        (count > self.seen).then(|| {
+            self.seen = count;
+            fraction
+        })
+    }
 }
 
 /// A USE-CANDIDATE binding request kept for replay. `rtc` 0.21's controlled agent ignores a
@@ -361,6 +397,7 @@ impl Shard {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.replay_nominations(now);
+        self.read_feedback(now);
         let ids: Vec<SessionId> = self
             .peers
             .iter_mut()
@@ -385,6 +422,20 @@ impl Shard {
             .collect();
         for id in stale {
             self.reap(&id, "did not connect in time");
+        }
+    }
+
+    /// Once a second, hands each ladder viewer's latest loss report to its follower.
+    fn read_feedback(&mut self, now: Instant) {
+        for sub in self.peers.values_mut() {
+            let (Some(follower), Some(video), true) = (&mut sub.follower, sub.video, sub.connected)
+            else {
+                continue;
+            };
+            if let Some(loss) = sub.feedback.next(video.ssrc, now) {
+                follower.on_feedback(Feedback::Loss(loss), now);
+                debug!(session = %sub.id, loss, rendition = follower.current(), "viewer loss report");
+            }
         }
     }
 
@@ -528,26 +579,6 @@ impl Subscriber {
     }
 }
 
-/// What one RTCP packet from a viewer says about its video: REMB, and the loss of our video
-/// SSRC in a receiver report.
-fn feedback_of(packet: &dyn rtc::rtcp::Packet, video_ssrc: Option<u32>) -> Vec<Feedback> {
-    use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
-    use rtc::rtcp::receiver_report::ReceiverReport;
-    let any = packet.as_any();
-    if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
-        return vec![Feedback::Remb(remb.bitrate as u64)];
-    }
-    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-        return rr
-            .reports
-            .iter()
-            .filter(|r| Some(r.ssrc) == video_ssrc)
-            .map(|r| Feedback::Loss(r.fraction_lost))
-            .collect();
-    }
-    Vec::new()
-}
-
 /// Queues what the peer wants sent, learns its addresses, and reports state changes.
 fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Flushed {
     let mut bytes = 0;
@@ -583,19 +614,7 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
         bytes += len;
         outbox.push(dest, out.message);
     }
-    while let Some(message) = sub.pc.poll_read() {
-        if let (Some(follower), RTCMessage::RtcpPacket(_, packets)) =
-            (&mut sub.follower, message.message)
-        {
-            let video_ssrc = sub.video.map(|v| v.ssrc);
-            let now = Instant::now();
-            for packet in &packets {
-                for feedback in feedback_of(packet.as_ref(), video_ssrc) {
-                    follower.on_feedback(feedback, now);
-                }
-            }
-        }
-    }
+    while sub.pc.poll_read().is_some() {}
     let mut verdict = Verdict::Keep;
     while let Some(event) = sub.pc.poll_event() {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {

@@ -1,0 +1,114 @@
+// A Chromium viewer on a constrained link (tests/netns/topology, `tc` on the gateway) plays a
+// process with a rendition ladder: it stays on the top rendition while the link carries it,
+// moves to the low one within seconds of a 1 Mbit/s limit and keeps decoding there, and climbs
+// back once the limit is lifted. The same limit on a single-bitrate process is the comparison.
+// Run by scripts/test-adaptive, which builds the namespaces and the manifest.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { join, resolve } from "node:path";
+import { launchChromiumIn, readEnv, root, waitFor } from "./chromium.mjs";
+
+const envFile = process.env.REACH_ENV;
+assert.ok(envFile, "REACH_ENV unset: run scripts/test-adaptive, which builds the namespaces");
+const env = readEnv(envFile);
+const topology = join(root, "tests/netns/topology");
+const dir = resolve(envFile, "..");
+const LIMIT = "1mbit";
+
+let browser;
+before(async () => {
+  execFileSync(topology, ["route", dir, "on"]);
+  browser = await launchChromiumIn(env.LAPTOP_NS);
+});
+after(async () => {
+  await browser?.close();
+  execFileSync(topology, ["limit", dir, "off"]);
+});
+
+function limit(rate) {
+  execFileSync(topology, ["limit", dir, rate]);
+}
+
+/// What the page shows and Chromium counts for its video.
+function sample(page) {
+  return page.evaluate(async () => {
+    const pc = window.whepPc && window.whepPc();
+    const out = { rendition: window.whepStatus.rendition, state: window.whepStatus.state,
+      framesDecoded: 0, freezes: 0, freezeSeconds: 0, height: 0 };
+    if (!pc) return out;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") {
+        out.framesDecoded = r.framesDecoded || 0;
+        out.freezes = r.freezeCount || 0;
+        out.freezeSeconds = r.totalFreezesDuration || 0;
+        out.height = r.frameHeight || 0;
+      }
+    });
+    return out;
+  });
+}
+
+async function open(path) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${env.FORWARD_URL}${path}`);
+  await waitFor(`${path}: 30 decoded frames`, async () => (await sample(page)).framesDecoded >= 30, 45000);
+  return { page, context };
+}
+
+/// Seconds until `predicate(sample)` holds.
+async function secondsUntil(page, what, predicate, timeoutMs) {
+  const start = Date.now();
+  await waitFor(what, async () => predicate(await sample(page)), timeoutMs);
+  return (Date.now() - start) / 1000;
+}
+
+/// Frames decoded and freezes over `seconds`.
+async function over(page, seconds) {
+  const a = await sample(page);
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const b = await sample(page);
+  return { fps: (b.framesDecoded - a.framesDecoded) / seconds, freezes: b.freezes - a.freezes,
+    freezeSeconds: b.freezeSeconds - a.freezeSeconds, rendition: b.rendition, height: b.height };
+}
+
+test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs back", async () => {
+  const { page, context } = await open("/play/cam1");
+  try {
+    // No limit: the top rendition, and it stays there.
+    await secondsUntil(page, "the top rendition", (s) => s.rendition === "hd", 15000);
+    const free = await over(page, 6);
+    console.log(`no limit: ${JSON.stringify(free)}`);
+    assert.equal(free.rendition, "hd", "stays on the top rendition on a free link");
+
+    limit(LIMIT);
+    const down = await secondsUntil(page, "the low rendition", (s) => s.rendition === "sd", 30000);
+    const constrained = await over(page, 10);
+    console.log(`${LIMIT}: on sd ${down.toFixed(1)} s after the limit; then ${JSON.stringify(constrained)}`);
+    assert.ok(constrained.fps >= 10, `keeps decoding on the low rendition: ${constrained.fps} fps`);
+
+    limit("off");
+    const up = await secondsUntil(page, "the top rendition again", (s) => s.rendition === "hd", 90000);
+    const after = await over(page, 4);
+    console.log(`limit lifted: back on hd ${up.toFixed(1)} s later; then ${JSON.stringify(after)}`);
+    assert.ok(after.fps >= 10, `decodes on the top rendition again: ${after.fps} fps`);
+  } finally {
+    limit("off");
+    await context.close();
+  }
+});
+
+test("for comparison: the same limit on a single-bitrate process", async () => {
+  const { page, context } = await open("/play/flat");
+  try {
+    const free = await over(page, 4);
+    limit(LIMIT);
+    const constrained = await over(page, 15);
+    console.log(`single bitrate: no limit ${JSON.stringify(free)}; ${LIMIT}: ${JSON.stringify(constrained)}`);
+    assert.ok(free.fps >= 10, `plays without a limit: ${free.fps} fps`);
+  } finally {
+    limit("off");
+    await context.close();
+  }
+});
