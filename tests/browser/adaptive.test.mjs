@@ -64,6 +64,29 @@ async function secondsUntil(page, what, predicate, timeoutMs) {
   return (Date.now() - start) / 1000;
 }
 
+/// Seconds until the page has shown `rendition` for `holdSeconds` in a row.
+async function secondsUntilSteady(page, rendition, holdSeconds, timeoutMs) {
+  const start = Date.now();
+  let since = null;
+  await waitFor(`steady on ${rendition}`, async () => {
+    const now = Date.now();
+    if ((await sample(page)).rendition !== rendition) since = null;
+    else if (since === null) since = now;
+    return since !== null && now - since >= holdSeconds * 1000;
+  }, timeoutMs);
+  return (since - start) / 1000;
+}
+
+/// The share of `seconds` spent on `rendition`, sampled twice a second.
+async function shareOn(page, rendition, seconds) {
+  let on = 0, all = 0;
+  for (const end = Date.now() + seconds * 1000; Date.now() < end; all++) {
+    if ((await sample(page)).rendition === rendition) on++;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return on / all;
+}
+
 /// Frames decoded and freezes over `seconds`.
 async function over(page, seconds) {
   const a = await sample(page);
@@ -84,14 +107,23 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
 
     limit(LIMIT);
     const down = await secondsUntil(page, "the low rendition", (s) => s.rendition === "sd", 30000);
-    const constrained = await over(page, 10);
-    console.log(`${LIMIT}: on sd ${down.toFixed(1)} s after the limit; then ${JSON.stringify(constrained)}`);
-    assert.ok(constrained.fps >= 10, `keeps decoding on the low rendition: ${constrained.fps} fps`);
+    const before = await sample(page);
+    const share = await shareOn(page, "sd", 20);
+    const constrained = await sample(page);
+    const fps = (constrained.framesDecoded - before.framesDecoded) / 20;
+    const freezes = constrained.freezes - before.freezes;
+    const frozen = constrained.freezeSeconds - before.freezeSeconds;
+    console.log(`${LIMIT}: on sd ${down.toFixed(1)} s after the limit; over the next 20 s ` +
+      `${(share * 100).toFixed(0)}% of the time on sd, ${fps.toFixed(1)} fps decoded, ` +
+      `${freezes} freezes (${frozen.toFixed(1)} s frozen)`);
+    assert.ok(share >= 0.6, `mostly on the low rendition under the limit: ${share}`);
+    assert.ok(fps >= 10, `keeps decoding under the limit: ${fps} fps`);
 
     limit("off");
-    const up = await secondsUntil(page, "the top rendition again", (s) => s.rendition === "hd", 90000);
+    const up = await secondsUntilSteady(page, "hd", 8, 120000);
     const after = await over(page, 4);
-    console.log(`limit lifted: back on hd ${up.toFixed(1)} s later; then ${JSON.stringify(after)}`);
+    console.log(`limit lifted: steady on hd ${up.toFixed(1)} s later; then ${JSON.stringify(after)}`);
+    assert.equal(after.rendition, "hd");
     assert.ok(after.fps >= 10, `decodes on the top rendition again: ${after.fps} fps`);
   } finally {
     limit("off");

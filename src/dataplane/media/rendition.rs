@@ -20,7 +20,7 @@ const LOSS_CLEAN: u8 = 5;
 /// How long reports must stay clean before a step up.
 const CLEAN_FOR_UP: Duration = Duration::from_secs(8);
 /// No step up this soon after a step down: the link just said no. Doubles after a failed probe.
-const HOLD_AFTER_DOWN: Duration = Duration::from_secs(10);
+const HOLD_AFTER_DOWN: Duration = Duration::from_secs(15);
 const MAX_HOLD: Duration = Duration::from_secs(120);
 /// A step down this soon after a step up means the probe failed.
 const PROBE_WINDOW: Duration = Duration::from_secs(15);
@@ -250,20 +250,22 @@ mod tests {
         assert_eq!(f.target, 2);
         f.admit(2, true, 1, 1, t0 + Duration::from_millis(1600));
 
-        // Clean from 2 s: up one step once 8 s clean and 10 s past the last step down.
-        for t in 2..11 {
+        // Clean from 2 s: up one step once 8 s clean and the hold past the last step down
+        // (at 1.5 s) is over.
+        let up = 2 + HOLD_AFTER_DOWN.as_secs();
+        for t in 2..up {
             f.on_feedback(Feedback::Loss(0), t0 + s(t));
             assert_eq!(f.target, 2, "at {t} s");
         }
-        f.on_feedback(Feedback::Loss(0), t0 + s(12));
+        f.on_feedback(Feedback::Loss(0), t0 + s(up));
         assert_eq!(f.target, 1);
-        f.admit(1, true, 2, 2, t0 + s(12));
+        f.admit(1, true, 2, 2, t0 + s(up));
         // The next step up needs its own clean stretch.
-        for t in 13..20 {
+        for t in up + 1..up + 8 {
             f.on_feedback(Feedback::Loss(0), t0 + s(t));
             assert_eq!(f.target, 1, "at {t} s");
         }
-        f.on_feedback(Feedback::Loss(0), t0 + s(20));
+        f.on_feedback(Feedback::Loss(0), t0 + s(up + 8));
         assert_eq!(f.target, 0);
     }
 
@@ -275,7 +277,7 @@ mod tests {
             start: 1,
             ..ladder()
         });
-        // Down to the bottom, then clean: a probe up after the 10 s hold.
+        // Down to the bottom, then clean: a probe up after the hold.
         f.on_feedback(Feedback::Loss(100), t0);
         f.admit(2, true, 1, 1, t0);
         let mut probes = Vec::new();
@@ -293,7 +295,7 @@ mod tests {
             }
         }
         let gaps: Vec<u64> = probes.windows(2).map(|w| w[1] - w[0]).collect();
-        assert_eq!(probes[0], 10, "{probes:?}");
+        assert_eq!(probes[0], HOLD_AFTER_DOWN.as_secs(), "{probes:?}");
         assert!(
             gaps.windows(2).all(|g| g[1] >= g[0]),
             "waits grow: {gaps:?}"
