@@ -25,7 +25,10 @@ pub use manifest::{ManifestError, load_manifest, parse_manifest};
 pub use quantity::quantity_value;
 pub use validate::{FieldError, ValidationErrors, validate};
 
-use schema::{conditions_schema, require_ip, require_ip_items, resources_schema};
+use schema::{
+    conditions_schema, renditions_rules, require_ip, require_ip_items, resources_schema,
+    video_rules,
+};
 
 /// `apiVersion` of every `WebRTCEgress` manifest.
 pub const API_VERSION: &str = "webrtc.dragonfork.io/v1alpha1";
@@ -37,6 +40,8 @@ pub const DEFAULT_NAME: &str = "default";
 /// live viewers are not to be cut by a rollout.
 pub const DEFAULT_DRAIN_SECONDS: u32 = 3600;
 const MAX_DRAIN_SECONDS: u32 = 86_400;
+/// Far beyond what one pod can serve; bounds the viewer caps.
+const MAX_VIEWERS: u32 = 1_000_000;
 /// UDP port shared by all peers of a pod unless the manifest says otherwise.
 pub const DEFAULT_UDP_PORT: u16 = 8189;
 
@@ -53,6 +58,10 @@ const ICE_URL_PATTERN: &str = "^(stun|stuns|turn|turns):.+";
 const ICE_URL_SCHEMES: [&str; 4] = ["stun:", "stuns:", "turn:", "turns:"];
 const VIDEO_BITRATE_KBPS: (u32, u32) = (100, 50_000);
 const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
+/// A ladder costs one encode per rendition; four covers 1080p down to mobile.
+const MAX_RENDITIONS: usize = 4;
+const RENDITION_NAME_MAX_LEN: usize = 15;
+const RENDITION_HEIGHT: (u32, u32) = (90, 2160);
 
 /// Desired state of a set of egress pods, each of which serves every process over WHEP.
 // Clippy reads two printer columns of the same type as a duplicated attribute.
@@ -70,6 +79,12 @@ const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
     derive = "PartialEq",
     derive = "Default",
     doc = "Live FFmpeg inputs served to browsers over WebRTC (WHEP).",
+    // `kubectl scale` and HorizontalPodAutoscalers drive `spec.replicas` through this.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(
         name = "READY",
         type_ = "string",
@@ -104,9 +119,30 @@ pub struct WebRTCEgressSpec {
         "x-kubernetes-list-map-keys" = ["id"]
     ))]
     pub processes: Vec<ProcessSpec>,
+    /// Viewer capacity of each pod.
+    #[serde(skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
     /// How the operator runs the egress pods; ignored by `serve`.
     #[serde(skip_serializing_if = "PodSettings::is_default")]
     pub pod: PodSettings,
+}
+
+/// Capacity of each egress pod; edits apply to running pods without rolling them.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Most viewers one pod holds, all processes together. A full pod answers new viewers 503
+    /// with `Retry-After` and reports not-ready, so the Service sends them to pods with room;
+    /// the viewers it holds keep playing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VIEWERS), extend("format" = "int32"))]
+    pub max_viewers_per_pod: Option<u32>,
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for WebRTCEgressSpec {
@@ -116,6 +152,7 @@ impl Default for WebRTCEgressSpec {
             webrtc: WebRtcSettings::default(),
             auth: None,
             processes: Vec::new(),
+            limits: Limits::default(),
             pod: PodSettings::default(),
         }
     }
@@ -368,9 +405,26 @@ pub struct ProcessSpec {
     /// Omit for a video-only stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioSpec>,
+    /// Most viewers this process takes on each pod; more get 503 with `Retry-After`. Changing
+    /// it never restarts the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VIEWERS), extend("format" = "int32"))]
+    pub max_viewers: Option<u32>,
 }
 
 impl ProcessSpec {
+    /// Whether `other` produces the same stream: everything but the viewer cap is equal.
+    pub fn same_media(&self, other: &ProcessSpec) -> bool {
+        let ProcessSpec {
+            id,
+            inputs,
+            video,
+            audio,
+            max_viewers: _,
+        } = self;
+        *id == other.id && *inputs == other.inputs && *video == other.video && *audio == other.audio
+    }
+
     /// Path of the WHEP endpoint that serves this process.
     pub fn whep_path(&self) -> String {
         format!("/whep/{}", self.id)
@@ -392,6 +446,7 @@ pub struct InputSpec {
 /// Video output of a process.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
 #[serde(rename_all = "camelCase", default)]
+#[schemars(transform = video_rules)]
 pub struct VideoSpec {
     pub codec: VideoCodec,
     pub mode: VideoMode,
@@ -400,6 +455,31 @@ pub struct VideoSpec {
     #[schemars(range(min = VIDEO_BITRATE_KBPS.0, max = VIDEO_BITRATE_KBPS.1))]
     #[schemars(extend("format" = "int32"))]
     pub bitrate_kbps: Option<u32>,
+    /// A quality ladder: one FFmpeg decodes once and encodes each rendition, keyframe-aligned;
+    /// each viewer gets the best one its network carries, switched at keyframes. Ordered by
+    /// bitrate (either way, no two alike); `transcode` only, instead of `bitrateKbps`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RENDITIONS), transform = renditions_rules)]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"]
+    ))]
+    pub renditions: Vec<RenditionSpec>,
+}
+
+/// One rung of a quality ladder; the width follows the input's aspect ratio.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RenditionSpec {
+    /// What viewers pin with `?rendition=NAME`: a DNS-1123 label.
+    #[schemars(length(max = RENDITION_NAME_MAX_LEN), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Picture height in pixels.
+    #[schemars(range(min = RENDITION_HEIGHT.0, max = RENDITION_HEIGHT.1), extend("format" = "int32"))]
+    pub height: u32,
+    #[schemars(range(min = VIDEO_BITRATE_KBPS.0, max = VIDEO_BITRATE_KBPS.1))]
+    #[schemars(extend("format" = "int32"))]
+    pub bitrate_kbps: u32,
 }
 
 /// Video codec sent to players; H.264 is the one every browser decodes over WebRTC.
@@ -460,6 +540,11 @@ pub struct WebRTCEgressStatus {
     pub stream_count: Option<i32>,
     /// Egress pods that are ready.
     pub ready_replicas: Option<i32>,
+    /// Egress pods that exist (the scale subresource's `status.replicas`).
+    pub replicas: Option<i32>,
+    /// Label selector of the egress pods, for the scale subresource (an autoscaler finds the
+    /// pods whose metrics it reads with it).
+    pub selector: Option<String>,
     /// Addresses the pods advertise as ICE candidates.
     #[serde(rename = "advertisedIPs")]
     pub advertised_ips: Vec<String>,
@@ -487,6 +572,9 @@ pub struct StreamStatus {
     /// Which pods the process is not live on, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The process's renditions in ladder order (`hd 720p 2500 kbit/s`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<String>,
 }
 
 impl WebRTCEgress {

@@ -1,12 +1,11 @@
 //! WHEP over HTTP (draft-ietf-wish-whep), plus the index, player, health and metrics endpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -19,7 +18,11 @@ use super::authority;
 use super::http;
 use super::listener::ConnInfo;
 use super::ratelimit::RateLimiter;
-use crate::dataplane::media::{Engine, PeerFactoryConfig, StreamKey, SubscribeError};
+use crate::crd::RenditionSpec;
+use crate::dataplane::media::rendition::Ladder;
+use crate::dataplane::media::{
+    Admission, Engine, PeerFactoryConfig, StreamKey, SubscribeError, Subscription,
+};
 use crate::dataplane::metrics::Metrics;
 use crate::dataplane::subsystem::{Subsystem, TeardownHook};
 use crate::health;
@@ -37,8 +40,6 @@ pub struct AppState {
     /// Who may watch (static token, JWTs, or anyone).
     pub auth: Authenticator,
     pub metrics: Metrics,
-    /// Cleared while draining so load balancers stop sending new viewers.
-    pub ready: Arc<AtomicBool>,
     /// Take the viewer-facing host from `X-Forwarded-Host` / `Forwarded` (set only behind a
     /// proxy that overwrites them).
     pub trust_forwarded: bool,
@@ -94,7 +95,8 @@ impl From<SubscribeError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             SubscribeError::StreamGone | SubscribeError::UnknownSession => StatusCode::NOT_FOUND,
-            SubscribeError::TooManySessions(_)
+            SubscribeError::ServerFull(_)
+            | SubscribeError::ProcessFull(_)
             | SubscribeError::Closed
             | SubscribeError::Draining => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after();
@@ -107,7 +109,7 @@ impl From<SubscribeError> for ApiError {
 
 /// Builds the HTTP app.
 pub fn router(state: AppState) -> Router {
-    let health = health::routes(Arc::new(state.metrics.clone()), state.ready.clone());
+    let health = health::routes(Arc::new(state.metrics.clone()), state.engine.clone());
     Router::new()
         .route("/", get(index))
         .route("/play/{process}", get(player))
@@ -131,6 +133,19 @@ pub fn router(state: AppState) -> Router {
             cors_and_count,
         ))
         .with_state(state)
+}
+
+/// A server is ready while it neither drains nor holds its viewer limit: the Service routes new
+/// viewers only to ready pods, so a full pod's newcomers land where there is room, while the
+/// sessions it holds keep flowing (their media does not go through readiness).
+impl health::Readiness for Engine {
+    fn readiness(&self) -> Result<(), String> {
+        match self.admission() {
+            Admission::Open => Ok(()),
+            Admission::Full { held, limit } => Err(format!("full: {held}/{limit} viewers")),
+            Admission::Draining => Err("draining: new viewers go to another replica".into()),
+        }
+    }
 }
 
 /// The WHEP side of teardown: close the stream's peers while its id still resolves.
@@ -260,9 +275,55 @@ fn ice_server_links(factory: &PeerFactoryConfig) -> Vec<HeaderValue> {
         .collect()
 }
 
+/// `?rendition=NAME` on the WHEP URL pins a viewer to one rendition of the ladder.
+#[derive(serde::Deserialize, Default)]
+struct OfferQuery {
+    rendition: Option<String>,
+}
+
+/// How a new viewer follows the process's ladder: from the top, free to move, or pinned.
+fn ladder_for(renditions: &[RenditionSpec], pin: Option<&str>) -> Result<Option<Ladder>, ApiError> {
+    let names = || {
+        let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+        names.join(", ")
+    };
+    if renditions.is_empty() {
+        return match pin {
+            Some(name) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("rendition {name:?}: this process has no renditions"),
+            )),
+            None => Ok(None),
+        };
+    }
+    let top = renditions
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, r)| r.bitrate_kbps)
+        .map_or(0, |(i, _)| i);
+    let (start, pinned) = match pin {
+        None => (top, false),
+        Some(name) => match renditions.iter().position(|r| r.name == name) {
+            Some(i) => (i, true),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown rendition {name:?}; this process has: {}", names()),
+                ));
+            }
+        },
+    };
+    Ok(Some(Ladder {
+        bitrates_kbps: renditions.iter().map(|r| r.bitrate_kbps).collect(),
+        start: start as u8,
+        pinned,
+    }))
+}
+
 async fn offer(
     State(state): State<AppState>,
     Path(process): Path<String>,
+    Query(query): Query<OfferQuery>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     body: Bytes,
@@ -304,6 +365,7 @@ async fn offer(
         )
         .retry_after());
     }
+    let ladder = ladder_for(&stream.renditions, query.rendition.as_deref())?;
     let sdp = utf8(&body)?;
     let engine = &state.engine;
     let tcp = match authority::tcp_candidate(&headers, &conn, state.trust_forwarded) {
@@ -311,9 +373,14 @@ async fn offer(
         None => None,
     };
     tracing::debug!(%process, peer = %conn.peer, ?tcp, "offer");
-    let answer = engine
-        .subscribe(stream.key, stream.audio.is_some(), sdp, tcp)
-        .await?;
+    let subscription = Subscription {
+        stream: stream.key,
+        has_audio: stream.audio.is_some(),
+        max_viewers: stream.max_viewers,
+        ladder,
+        metrics: stream.metrics.clone(),
+    };
+    let answer = engine.subscribe(subscription, sdp, tcp).await?;
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));

@@ -12,11 +12,12 @@ pub mod framing;
 pub mod h264;
 mod outbox;
 mod peer;
+pub mod rendition;
 mod source;
 mod stun;
 pub mod udp;
 
-pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};
+pub use engine::{Admission, Answer, Engine, EngineConfig, SessionId, SessionInfo, Subscription};
 pub use error::SubscribeError;
 pub use factory::{PeerFactoryConfig, translate};
 pub use framing::is_ice_tcp_start;
@@ -49,5 +50,7 @@ pub struct MediaPacket {
     pub kind: TrackKind,
     /// First packet of a decodable keyframe (SPS or IDR start): where a new viewer can begin.
     pub keyframe_start: bool,
+    /// Which rendition of the process's ladder it belongs to (0: the top one, or the only one).
+    pub rendition: u8,
     pub packet: rtc::rtp::Packet,
 }
