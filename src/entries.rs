@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::crd::{
-    Limits, ProcessSpec, ValidationErrors, WebRTCEgressSpec, WebRtcSettings, validate,
+    Limits, ProcessSpec, SecretKeyRef, ValidationErrors, WebRTCEgressSpec, WebRtcSettings, validate,
 };
 
 /// Key holding the effective `spec.webrtc` (YAML).
@@ -126,6 +126,25 @@ impl StreamEntries {
     }
 }
 
+/// Reads `NAME/KEY`, the form in which the operator names a Secret key on the agent's command
+/// line (`--jwt-secret-ref`); neither part can hold a `/`.
+pub fn parse_secret_ref(text: &str) -> Result<SecretKeyRef, String> {
+    match text.split_once('/') {
+        Some((name, key)) if !name.is_empty() && !key.is_empty() && !key.contains('/') => {
+            Ok(SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            })
+        }
+        _ => Err(format!("{text:?} is not NAME/KEY")),
+    }
+}
+
+/// `NAME/KEY`, what [`parse_secret_ref`] reads.
+pub fn format_secret_ref(secret: &SecretKeyRef) -> String {
+    format!("{}/{}", secret.name, secret.key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +243,20 @@ mod tests {
             StreamEntries::decode(&data).is_ok(),
             "unknown keys are ignored"
         );
+    }
+
+    #[test]
+    fn secret_refs_round_trip_as_name_slash_key() {
+        let secret = SecretKeyRef {
+            name: "viewer-jwt".into(),
+            key: "hs256.key".into(),
+        };
+        assert_eq!(
+            parse_secret_ref(&format_secret_ref(&secret)).unwrap(),
+            secret
+        );
+        for bad in ["", "name", "/key", "name/", "a/b/c"] {
+            assert!(parse_secret_ref(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -27,9 +27,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     dataplane::run(
         args.data_plane.clone(),
         SpecFeed {
-            initial: StreamEntries::of_spec(&manifest.spec),
+            initial: entries_of(&manifest.spec),
             updates,
             fallback_ips: dataplane::interface_ips(args.data_plane.udp_bind),
+            jwt: args.data_plane.auth.jwt()?,
         },
         None,
     )
@@ -65,14 +66,25 @@ async fn watch_manifest(
                 }
                 info!(file = %path.display(), "manifest edited");
                 current = next.spec.clone();
-                if updates
-                    .send(StreamEntries::of_spec(&next.spec))
-                    .await
-                    .is_err()
-                {
+                if updates.send(entries_of(&next.spec)).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// The entries `serve` runs. It has no cluster to read Secrets from, so an ICE server that
+/// names one is offered without a credential, and the log says so.
+fn entries_of(spec: &WebRTCEgressSpec) -> StreamEntries {
+    for (i, server) in spec.webrtc.ice_servers.iter().enumerate() {
+        if let Some(secret) = &server.credential_secret_ref {
+            warn!(
+                "spec.webrtc.iceServers[{i}].credentialSecretRef ({}/{}): no cluster to read \
+                 it from, offered without a credential",
+                secret.name, secret.key
+            );
+        }
+    }
+    StreamEntries::of_spec(spec)
 }

@@ -475,6 +475,7 @@ fn default_values_render_the_operator_and_its_least_privilege() {
         grant_set(&[
             ("", "configmaps", &["get", "list", "watch"]),
             ("", "pods/status", &["patch"]),
+            ("", "secrets", &["get"]),
         ])
     );
     assert!(
@@ -633,7 +634,7 @@ fn check_invariants(out: &Rendered) {
         }
     }
 
-    // RBAC: no wildcard anywhere, no secrets, no RBAC or escalation verbs; the operator gets
+    // RBAC: no wildcard anywhere, secrets only as the agents' `get`, no RBAC or escalation verbs; the operator gets
     // exactly what its code uses; leases only in a namespaced Role.
     for role in out
         .of_kind("Role")
@@ -662,10 +663,17 @@ fn check_invariants(out: &Rendered) {
                     "{name}: wildcard in {rule:?}"
                 );
             }
-            assert!(
-                !rule.resources.iter().any(|r| r.starts_with("secrets")),
-                "{name}: secrets in {rule:?}"
-            );
+            // Secrets: only the agents' `get` (by name, in their own namespace through a
+            // RoleBinding); nobody lists or watches them.
+            if rule.resources.iter().any(|r| r.starts_with("secrets")) {
+                assert_eq!(
+                    name,
+                    format!("{FULLNAME}-agent"),
+                    "{name}: secrets in {rule:?}"
+                );
+                assert_eq!(rule.resources, ["secrets"], "{name}: {rule:?}");
+                assert_eq!(rule.verbs, ["get"], "{name}: {rule:?}");
+            }
             assert!(
                 !rule
                     .api_groups
@@ -1029,4 +1037,16 @@ fn every_value_is_documented() {
         );
         parents.push((indent, documented));
     }
+}
+
+#[test]
+fn agents_read_no_secrets_when_told_not_to() {
+    let out = render(&["--set", "agent.readSecrets=false"]);
+    assert_eq!(
+        grants(&out.rules("ClusterRole", &format!("{FULLNAME}-agent"))),
+        grant_set(&[
+            ("", "configmaps", &["get", "list", "watch"]),
+            ("", "pods/status", &["patch"]),
+        ])
+    );
 }

@@ -373,8 +373,8 @@ impl Proc {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("KUBECONFIG", kubeconfig())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("HOSTNAME", "e2e")
             .env("RUST_LOG", "info,rtc=error,rtc_ice=error,kube=warn")
             .stdout(file.try_clone().unwrap())
@@ -1605,4 +1605,274 @@ async fn a_full_agent_sends_newcomers_to_its_peer_and_a_draining_agent_keeps_its
     assert!(status.success(), "{status}");
     first.close().await;
     second.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: secrets out of the spec, scoped viewer tokens
+
+/// The chart's agent RBAC (templates/agent.yaml, rendered by helm) for `ns`: the grants the
+/// agents get in a real install, applied as they come.
+fn apply_chart_agent_rbac(ns: &Namespace) {
+    let helm = kubeconfig().with_file_name("bin").join("helm");
+    let out = Command::new(&helm)
+        .args([
+            "template",
+            &ns.0,
+            "charts/webrtc-egress",
+            "--show-only",
+            "templates/agent.yaml",
+            "--set",
+            &format!("agent.namespaces={{{}}}", ns.0),
+            "--set",
+            "agent.serviceAccount.create=false",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", helm.display()));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ns.apply(&String::from_utf8(out.stdout).unwrap());
+}
+
+/// A kubeconfig that authenticates as the agents' ServiceAccount of `ns` (a TokenRequest
+/// token), so that an agent runs with exactly the permissions the chart grants it.
+fn agent_kubeconfig(ns: &Namespace) -> PathBuf {
+    let token = kubectl(&[
+        "create",
+        "token",
+        "webrtc-egress-agent",
+        "-n",
+        &ns.0,
+        "--duration=1h",
+    ]);
+    let admin = kubectl_json(&["config", "view", "--raw", "--minify", "--flatten"]);
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "agent", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "agent", "context": {"cluster": "e2e", "user": "agent"}}],
+        "current-context": "agent",
+    });
+    let path = log_dir().join(format!("kubeconfig-agent-{}", ns.0));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+const HS256_KEY: &str = "an e2e HS256 key of at least 32 bytes";
+
+fn viewer_jwt(processes: &[&str]) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    let claims = serde_json::json!({
+        "exp": get_current_timestamp() + 600,
+        "processes": processes,
+    });
+    let key = EncodingKey::from_secret(HS256_KEY.as_bytes()).unwrap();
+    encode(&Header::default(), &claims, &key).unwrap()
+}
+
+/// POST of a Chromium offer: status, the `Link` headers, and the session's URL.
+async fn offer_with(url: &str, bearer: Option<&str>) -> (u16, Vec<String>, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/sdp")
+        .body(include_str!("fixtures/chromium-offer.sdp"));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.expect("POST offer");
+    let header = |name: &str| -> Vec<String> {
+        response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let (links, location) = (header("link"), header("location").pop());
+    (response.status().as_u16(), links, location)
+}
+
+/// A TURN password and the HS256 key of viewer tokens live in Secrets the resource names:
+/// `kubectl apply` refuses a password in the spec, nothing the operator writes (ConfigMap, pod
+/// spec) holds either value, and the agent, running with nothing but the chart's RBAC, reads
+/// both through the API server: players get the password in the WHEP `Link` header (again
+/// after the Secret changes and the resource is edited), and viewers need a JWT that names
+/// their process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reads_the_named_secrets_with_the_charts_rbac_and_checks_viewer_jwts() {
+    let ns = Namespace::new("secrets");
+    apply_chart_agent_rbac(&ns);
+    let agent_sa = format!("system:serviceaccount:{}:webrtc-egress-agent", ns.0);
+    let can_i = |verb: &str, namespace: &str| {
+        let out = kubectl_raw(
+            &[
+                "auth", "can-i", verb, "secrets", "-n", namespace, "--as", &agent_sa,
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can_i("get", &ns.0), "agents get Secrets of their namespace");
+    for verb in ["list", "watch", "create", "update", "patch", "delete"] {
+        assert!(!can_i(verb, &ns.0), "agents may not {verb} Secrets");
+    }
+    assert!(!can_i("get", "default"), "nor get them elsewhere");
+
+    let secret = |name: &str, key: &str, value: &str| {
+        let yaml = kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            &ns.0,
+            &format!("--from-literal={key}={value}"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        ns.apply(&yaml);
+    };
+    secret("turn", "password", "turn-pass-1");
+    secret("viewer-jwt", "hs256", HS256_KEY);
+
+    let udp = free_udp_port();
+    let manifest = |ids: &[&str], ice: &str| {
+        egress("secured", udp, ids).replace(
+            "  webrtc:\n",
+            &format!(
+                "  auth: {{jwt: {{secretRef: {{name: viewer-jwt, key: hs256}}}}}}\n  webrtc:\n\
+                 \x20   iceServers: [{{urls: [\"turn:turn.example.org:3478\"], username: u, {ice}}}]\n"
+            ),
+        )
+    };
+    // A password in the spec is refused, and the message says where it goes instead.
+    let refused = kubectl_raw(
+        &["apply", "-n", &ns.0, "-f", "-"],
+        Some(&manifest(&["cam1"], "credential: turn-pass-1")),
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "plain credential accepted");
+    assert!(
+        message.contains("spec.webrtc.iceServers[0].credential")
+            && message.contains("credentialSecretRef"),
+        "{message}"
+    );
+
+    let secret_ref = "credentialSecretRef: {name: turn, key: password}";
+    let _op = Operator::start(&ns, None);
+    ns.apply(&manifest(&["cam1", "cam2"], secret_ref));
+    wait_converged(&ns, "secured", &["cam1", "cam2"]);
+    let deployment = ns.get("deployment", "secured-egress").unwrap();
+    let configmap = ns.get("configmap", "secured-streams").unwrap();
+    for (what, object) in [("Deployment", &deployment), ("ConfigMap", &configmap)] {
+        let text = object.to_string();
+        assert!(
+            !text.contains("turn-pass") && !text.contains(HS256_KEY),
+            "{what} holds a secret value: {text}"
+        );
+    }
+
+    // The agent runs with the operator's arguments (the HS256 key named as viewer-jwt/hs256),
+    // this test's addresses, and the ServiceAccount's own credentials.
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let mut args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .filter(|a| a != "0.0.0.0:8080" && a != "--listen" && !a.starts_with("--drain-seconds"))
+        .collect();
+    assert!(
+        args.contains(&"--jwt-secret-ref=viewer-jwt/hs256".to_owned()),
+        "{args:?}"
+    );
+    args.extend([
+        "--listen".into(),
+        listen.clone(),
+        "--udp-bind".into(),
+        "127.0.0.1".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kubeconfig = agent_kubeconfig(&ns).to_str().unwrap().to_owned();
+    let mut agent = Proc::spawn_with_env("agent-secrets", &args, &[("KUBECONFIG", kubeconfig)]);
+    let base = format!("http://{listen}");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let streams = agent_streams(&base).await;
+        let live = streams["streams"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["id"] == "cam1" && s["live"] == true));
+        if live {
+            break;
+        }
+        assert!(agent.running(), "agent exited:\n{}", agent.log_tail());
+        assert!(Instant::now() < deadline, "cam1 never live: {streams}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let cam1 = format!("{base}/whep/cam1");
+    let for_cam1 = viewer_jwt(&["cam1"]);
+    assert_eq!(offer_with(&cam1, None).await.0, 401);
+    assert_eq!(offer_with(&cam1, Some("not-a-jwt")).await.0, 401);
+    assert_eq!(
+        offer_with(&format!("{base}/whep/cam2"), Some(&for_cam1))
+            .await
+            .0,
+        403
+    );
+    let (status, links, session) = offer_with(&cam1, Some(&for_cam1)).await;
+    assert_eq!(status, 201, "{}", agent.log_tail());
+    assert!(
+        links
+            .iter()
+            .any(|l| l.contains("username=\"u\"; credential=\"turn-pass-1\"")),
+        "TURN password from the Secret: {links:?}"
+    );
+    let delete = reqwest::Client::new()
+        .delete(format!("{base}{}", session.unwrap()))
+        .bearer_auth(&for_cam1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status().as_u16(), 200);
+
+    // A real viewer plays with its scoped token, as the player page sends it.
+    let mut opts = ViewerOptions::new(cam1.clone());
+    opts.token = Some(for_cam1.clone());
+    let viewer = subscribe(opts).await.expect("viewer with a JWT");
+    viewer
+        .wait_for(has_av, Duration::from_secs(30))
+        .await
+        .expect("H.264 IDR and Opus");
+    viewer.close().await;
+
+    // The password changes, then the resource: the agent reads the Secret again.
+    secret("turn", "password", "turn-pass-2");
+    ns.apply(&manifest(&["cam1"], secret_ref));
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (status, links, session) = offer_with(&cam1, Some(&for_cam1)).await;
+        if let Some(session) = session {
+            let url = format!("{base}{session}");
+            let _ = reqwest::Client::new()
+                .delete(url)
+                .bearer_auth(&for_cam1)
+                .send()
+                .await;
+        }
+        if status == 201 && links.iter().any(|l| l.contains("turn-pass-2")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new TURN password never offered: {links:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(agent.running(), "agent restarted");
 }

@@ -417,6 +417,81 @@ async fn bearer_token_is_required_when_configured() {
     viewer.close().await;
 }
 
+/// `serve --jwt-secret-file`: HS256 viewer tokens scoped to processes, refused with the
+/// RFC 6750 challenge that says why; the static token keeps working beside them.
+#[tokio::test]
+async fn jwt_viewer_tokens_are_scoped_to_processes_and_expire() {
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("hs256.key");
+    std::fs::write(&key_file, "a shared key of at least 32 bytes!\n").unwrap();
+    let server = Server::start(
+        &[Process::test_pattern("cam1"), Process::test_pattern("cam2")],
+        &[
+            "--jwt-secret-file",
+            key_file.to_str().unwrap(),
+            "--jwt-audience",
+            "whep",
+            "--token",
+            "s3cret",
+        ],
+    );
+    server.wait_live("cam1").await;
+    let key = EncodingKey::from_secret(b"a shared key of at least 32 bytes!").unwrap();
+    let now = get_current_timestamp() as i64;
+    let token = |claims: serde_json::Value| encode(&Header::default(), &claims, &key).unwrap();
+    let for_cam1 =
+        token(serde_json::json!({"exp": now + 600, "aud": "whep", "processes": ["cam1"]}));
+    let expired =
+        token(serde_json::json!({"exp": now - 600, "aud": "whep", "processes": ["cam1"]}));
+    let offer = |process: &'static str, bearer: Option<String>| {
+        let url = server.whep_url(process);
+        async move {
+            let mut request = reqwest::Client::new()
+                .post(url)
+                .header("Content-Type", "application/sdp")
+                .body(CHROMIUM_OFFER);
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let r = request.send().await.expect("HTTP request");
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), challenge, r.text().await.unwrap())
+        }
+    };
+
+    let (status, challenge, _) = offer("cam1", None).await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Bearer realm=\"whep\""))
+    );
+    let (status, challenge, reason) = offer("cam1", Some(expired)).await;
+    assert_eq!(status, 401);
+    assert_eq!(reason.trim(), "token expired");
+    assert!(
+        challenge.unwrap().contains("error=\"invalid_token\""),
+        "RFC 6750 error code"
+    );
+    let (status, challenge, reason) = offer("cam2", Some(for_cam1.clone())).await;
+    assert_eq!(status, 403);
+    assert_eq!(reason.trim(), "token does not allow process \"cam2\"");
+    assert!(challenge.unwrap().contains("error=\"insufficient_scope\""));
+
+    // The token for cam1 plays cam1 (the client sends it as the player page does).
+    let mut opts = ViewerOptions::new(server.whep_url("cam1"));
+    opts.token = Some(for_cam1);
+    let viewer = subscribe(opts)
+        .await
+        .expect("scoped token plays its process");
+    viewer.wait_for(|s| s.idr_seen, MEDIA).await.unwrap();
+    viewer.close().await;
+    let (status, _, _) = offer("cam2", Some("s3cret".into())).await;
+    assert_eq!(status, 201, "the static token still opens every process");
+}
+
 #[tokio::test]
 async fn ffmpeg_dies_with_a_killed_server() {
     let mut server = Server::start(&[Process::test_pattern("cam1")], &[]);

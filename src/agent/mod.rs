@@ -3,18 +3,26 @@
 //! the processes' live state goes back on the agent's own Pod ([`report`]).
 
 mod report;
+mod secrets;
 
 use std::net::IpAddr;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::crd::SecretKeyRef;
+use crate::dataplane::auth::{JwtConfig, JwtKeys};
 use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
 use crate::entries::{self, StreamEntries};
+use secrets::SecretReader;
+
+/// Secrets are read again this often, so a rotated TURN password reaches the players without
+/// an edit of the resource.
+const SECRETS_REREAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
@@ -28,6 +36,10 @@ pub struct AgentArgs {
     /// it nothing is reported, e.g. when run by hand outside a pod.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// `NAME/KEY` of the Secret key holding the HS256 key of viewer JWTs (`spec.auth.jwt.
+    /// secretRef`), read through the API server.
+    #[arg(long, value_parser = entries::parse_secret_ref)]
+    pub jwt_secret_ref: Option<SecretKeyRef>,
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
 }
@@ -35,9 +47,18 @@ pub struct AgentArgs {
 pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
+    let secrets = SecretReader::new(Api::<Secret>::namespaced(client.clone(), &args.namespace));
+    let jwt = match &args.jwt_secret_ref {
+        Some(secret) => Some(JwtConfig {
+            keys: JwtKeys::Hs256(secrets.read(secret).await?),
+            audience: args.data_plane.auth.jwt_audience.clone(),
+            issuer: args.data_plane.auth.jwt_issuer.clone(),
+        }),
+        None => args.data_plane.auth.jwt()?,
+    };
     let name = entries::configmap_name(&args.name);
     let (tx, mut specs) = mpsc::channel(8);
-    tokio::spawn(watch_stream_entries(configmaps, name.clone(), tx));
+    tokio::spawn(watch_stream_entries(configmaps, secrets, name.clone(), tx));
     info!(configmap = %name, namespace = %args.namespace, "waiting for stream entries");
     let initial = specs
         .recv()
@@ -66,22 +87,44 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             initial,
             updates: specs,
             fallback_ips,
+            jwt,
         },
         observer,
     )
     .await
 }
 
-/// Sends the entries read from the ConfigMap on every change; a deleted ConfigMap means no
-/// processes (the resource is going away). Entries that do not parse are logged and skipped,
-/// leaving what runs untouched.
-async fn watch_stream_entries(api: Api<ConfigMap>, name: String, tx: mpsc::Sender<StreamEntries>) {
+/// Sends the entries read from the ConfigMap on every change, with the ICE servers'
+/// credentials read from their Secrets (again every [`SECRETS_REREAD`]); a deleted ConfigMap
+/// means no processes (the resource is going away). Entries that do not parse are logged and
+/// skipped, leaving what runs untouched.
+async fn watch_stream_entries(
+    api: Api<ConfigMap>,
+    secrets: SecretReader,
+    name: String,
+    tx: mpsc::Sender<StreamEntries>,
+) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api, config).boxed();
+    // As read from the ConfigMap (no credentials), and as last sent (credentials filled in).
+    let mut read: Option<StreamEntries> = None;
     let mut last: Option<StreamEntries> = None;
-    while let Some(event) = events.next().await {
+    let mut reread = tokio::time::interval(SECRETS_REREAD);
+    reread.reset();
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            _ = reread.tick() => None,
+        };
         let next = match event {
-            Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
+            None => match &read {
+                Some(entries) => entries.clone(),
+                None => continue,
+            },
+            Some(Ok(Event::Apply(cm) | Event::InitApply(cm))) => {
                 match StreamEntries::decode(&cm.data.unwrap_or_default()) {
                     Ok(entries) => entries,
                     Err(e) => {
@@ -90,20 +133,23 @@ async fn watch_stream_entries(api: Api<ConfigMap>, name: String, tx: mpsc::Sende
                     }
                 }
             }
-            Ok(Event::Delete(_)) => match &last {
+            Some(Ok(Event::Delete(_))) => match &read {
                 Some(entries) => StreamEntries {
                     processes: Vec::new(),
                     ..entries.clone()
                 },
                 None => continue,
             },
-            Ok(Event::Init | Event::InitDone) => continue,
-            Err(e) => {
+            Some(Ok(Event::Init | Event::InitDone)) => continue,
+            Some(Err(e)) => {
                 warn!(configmap = %name, "watch error (retrying): {e}");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }
         };
+        read = Some(next.clone());
+        let mut next = next;
+        secrets.resolve_ice_credentials(&mut next.webrtc).await;
         if last.as_ref() == Some(&next) {
             continue;
         }

@@ -14,8 +14,10 @@ spec:
     publicIP: 203.0.113.10
     nat1To1IPs: [203.0.113.10, "2001:db8::10"]
     udpPort: 8190
-    iceServers: [{urls: ["stun:stun.example.org:3478"]}, {urls: ["turn:turn.example.org"], username: u, credential: c}]
-  auth: {bearerTokenSecretRef: {name: whep-token, key: token}}
+    iceServers: [{urls: ["stun:stun.example.org:3478"]}, {urls: ["turn:turn.example.org"], username: u, credentialSecretRef: {name: turn, key: password}}]
+  auth:
+    bearerTokenSecretRef: {name: whep-token, key: token}
+    jwt: {jwksURL: "https://idp.example.org/jwks.json", audience: whep, issuer: "https://idp.example.org"}
   processes:
     - id: cam1
       inputs:

@@ -297,23 +297,91 @@ impl Default for WebRtcSettings {
 /// One STUN or TURN server, as in the W3C `RTCIceServer` dictionary.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.credential)",
+        "fieldPath": ".credential",
+        "reason": "FieldValueForbidden",
+        "message": CREDENTIAL_REFUSED,
+    },
+    {
+        "rule": "!has(self.credentialSecretRef) || has(self.username)",
+        "fieldPath": ".username",
+        "reason": "FieldValueRequired",
+        "message": CREDENTIAL_NEEDS_USERNAME,
+    },
+]))]
 pub struct IceServerSpec {
     /// `stun:`, `stuns:`, `turn:` or `turns:` URLs of the same server.
     #[schemars(length(min = 1), inner(regex(pattern = ICE_URL_PATTERN)))]
     pub urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Refused: a password in the spec is readable by everyone who can read the resource. Use
+    /// `credentialSecretRef`. (The egress pods fill this in memory from that Secret.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// Secret key holding the TURN password (sent to players with `username`); the egress
+    /// pods read it through the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_secret_ref: Option<SecretKeyRef>,
 }
 
-/// WHEP authentication.
+/// Why `iceServers[].credential` is refused (the API server and `validate` say the same).
+const CREDENTIAL_REFUSED: &str = "a password in the spec is readable by anyone who can read the \
+     resource: put it in a Secret and use credentialSecretRef";
+const CREDENTIAL_NEEDS_USERNAME: &str = "credentialSecretRef needs a username";
+
+/// Who may watch: a static bearer token, signed expiring tokens (JWT), or both (a viewer gets
+/// in with either); without `auth` WHEP is open.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.bearerTokenSecretRef) || has(self.jwt)",
+    "message": AUTH_NEEDS_A_METHOD,
+}]))]
 pub struct AuthSpec {
-    /// Secret key whose value clients must send as `Authorization: Bearer <token>`.
-    pub bearer_token_secret_ref: SecretKeyRef,
+    /// Secret key whose value clients must send as `Authorization: Bearer <token>`; it lets
+    /// them watch every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret_ref: Option<SecretKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
 }
+
+const AUTH_NEEDS_A_METHOD: &str = "set bearerTokenSecretRef, jwt or both";
+
+/// Signed, expiring viewer tokens, sent as `Authorization: Bearer <JWT>`. A token must carry
+/// `exp` (checked, as is `nbf`, with 30 s of leeway) and the claim `processes`: the ids of the
+/// processes it may watch (`["*"]` for all); a valid token for another process gets 403.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretRef) != has(self.jwksURL)",
+    "message": JWT_NEEDS_ONE_KEY,
+}]))]
+pub struct JwtSpec {
+    /// HS256: Secret key holding the shared signing key (its raw bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// RS256/ES256: the issuer's JSON Web Key Set, fetched by the pods, cached, and fetched
+    /// again when a token names an unknown `kid` (at most every 10 s) and every 10 minutes.
+    #[serde(rename = "jwksURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = URL_MAX_LEN), regex(pattern = JWKS_URL_PATTERN))]
+    pub jwks_url: Option<String>,
+    /// When set, tokens must name it in `aud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub audience: Option<String>,
+    /// When set, tokens must carry it as `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub issuer: Option<String>,
+}
+
+const JWT_NEEDS_ONE_KEY: &str = "set exactly one of secretRef (HS256) and jwksURL (RS256/ES256)";
+const JWKS_URL_PATTERN: &str = "^https?://[^/?#]+";
+const URL_MAX_LEN: usize = 2048;
 
 /// A key of a Secret in the resource's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
@@ -544,8 +612,16 @@ mod tests {
         assert_eq!(spec.webrtc.nat_1to1_ips, ["203.0.113.10", "2001:db8::10"]);
         assert_eq!(spec.webrtc.udp_port, 8190);
         assert_eq!(spec.webrtc.ice_servers[1].username.as_deref(), Some("u"));
-        assert_eq!(spec.webrtc.ice_servers[1].credential.as_deref(), Some("c"));
-        let secret = &spec.auth.as_ref().unwrap().bearer_token_secret_ref;
+        let turn = spec.webrtc.ice_servers[1].credential_secret_ref.as_ref();
+        assert_eq!(turn.map(|s| s.name.as_str()), Some("turn"));
+        let auth = spec.auth.as_ref().unwrap();
+        let jwt = auth.jwt.as_ref().unwrap();
+        assert_eq!(
+            jwt.jwks_url.as_deref(),
+            Some("https://idp.example.org/jwks.json")
+        );
+        assert_eq!(jwt.audience.as_deref(), Some("whep"));
+        let secret = auth.bearer_token_secret_ref.as_ref().unwrap();
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("whep-token", "token")
@@ -572,6 +648,14 @@ mod tests {
         assert_eq!(
             json["spec"]["auth"]["bearerTokenSecretRef"]["name"],
             "whep-token"
+        );
+        assert_eq!(
+            json["spec"]["auth"]["jwt"]["jwksURL"],
+            "https://idp.example.org/jwks.json"
+        );
+        assert_eq!(
+            json["spec"]["webrtc"]["iceServers"][1]["credentialSecretRef"]["key"],
+            "password"
         );
         assert_eq!(json["spec"]["processes"][0]["video"]["mode"], "passthrough");
         assert_eq!(json["spec"]["processes"][0]["audio"]["bitrateKbps"], 96);

@@ -54,16 +54,7 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
     }
     validate_webrtc(&spec.webrtc, &mut errors);
     if let Some(auth) = &spec.auth {
-        let secret = &auth.bearer_token_secret_ref;
-        let path = "spec.auth.bearerTokenSecretRef";
-        for (field, value) in [("name", &secret.name), ("key", &secret.key)] {
-            if value.is_empty() {
-                errors.push(FieldError::new(
-                    format!("{path}.{field}"),
-                    "must not be empty",
-                ));
-            }
-        }
+        validate_auth(auth, &mut errors);
     }
     validate_pod(&spec.pod, &mut errors);
     if spec.processes.len() > MAX_PROCESSES {
@@ -167,9 +158,29 @@ fn validate_webrtc(webrtc: &WebRtcSettings, errors: &mut Vec<FieldError>) {
         ));
     }
     for (i, server) in webrtc.ice_servers.iter().enumerate() {
-        let path = format!("spec.webrtc.iceServers[{i}].urls");
+        let server_path = format!("spec.webrtc.iceServers[{i}]");
+        let path = format!("{server_path}.urls");
         if server.urls.is_empty() {
             errors.push(FieldError::new(&path, "at least one URL is required"));
+        }
+        if server.credential.is_some() {
+            errors.push(FieldError::new(
+                format!("{server_path}.credential"),
+                CREDENTIAL_REFUSED,
+            ));
+        }
+        if let Some(secret) = &server.credential_secret_ref {
+            check_secret_ref(
+                &format!("{server_path}.credentialSecretRef"),
+                secret,
+                errors,
+            );
+            if server.username.is_none() {
+                errors.push(FieldError::new(
+                    format!("{server_path}.username"),
+                    CREDENTIAL_NEEDS_USERNAME,
+                ));
+            }
         }
         for (j, url) in server.urls.iter().enumerate() {
             // As the pattern's `.+` reads it (RE2: `.` is any character but a newline).
@@ -183,6 +194,66 @@ fn validate_webrtc(webrtc: &WebRtcSettings, errors: &mut Vec<FieldError>) {
                     format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
                 ));
             }
+        }
+    }
+}
+
+fn validate_auth(auth: &AuthSpec, errors: &mut Vec<FieldError>) {
+    if auth.bearer_token_secret_ref.is_none() && auth.jwt.is_none() {
+        errors.push(FieldError::new("spec.auth", AUTH_NEEDS_A_METHOD));
+    }
+    if let Some(secret) = &auth.bearer_token_secret_ref {
+        check_secret_ref("spec.auth.bearerTokenSecretRef", secret, errors);
+    }
+    let Some(jwt) = &auth.jwt else {
+        return;
+    };
+    if jwt.secret_ref.is_some() == jwt.jwks_url.is_some() {
+        errors.push(FieldError::new("spec.auth.jwt", JWT_NEEDS_ONE_KEY));
+    }
+    if let Some(secret) = &jwt.secret_ref {
+        check_secret_ref("spec.auth.jwt.secretRef", secret, errors);
+    }
+    if let Some(url) = &jwt.jwks_url {
+        let path = "spec.auth.jwt.jwksURL";
+        if url.chars().count() > URL_MAX_LEN {
+            errors.push(FieldError::new(
+                path,
+                format!("at most {URL_MAX_LEN} characters are allowed"),
+            ));
+        } else if !is_http_url(url) {
+            errors.push(FieldError::new(
+                path,
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    for (field, value) in [("audience", &jwt.audience), ("issuer", &jwt.issuer)] {
+        if value.as_deref() == Some("") {
+            errors.push(FieldError::new(
+                format!("spec.auth.jwt.{field}"),
+                "must not be empty",
+            ));
+        }
+    }
+}
+
+/// As [`JWKS_URL_PATTERN`] reads it: a scheme and a non-empty host part.
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| !matches!(c, '/' | '?' | '#'))
+    })
+}
+
+fn check_secret_ref(path: &str, secret: &SecretKeyRef, errors: &mut Vec<FieldError>) {
+    for (field, value) in [("name", &secret.name), ("key", &secret.key)] {
+        if value.is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.{field}"),
+                "must not be empty",
+            ));
         }
     }
 }
@@ -505,13 +576,124 @@ mod tests {
     #[test]
     fn auth_secret_ref_needs_name_and_key() {
         let spec = WebRTCEgressSpec {
-            auth: Some(AuthSpec::default()),
+            auth: Some(AuthSpec {
+                bearer_token_secret_ref: Some(SecretKeyRef::default()),
+                jwt: None,
+            }),
             ..spec_with_processes(1)
         };
         assert_eq!(
             errors(&spec),
             "spec.auth.bearerTokenSecretRef.name: must not be empty; \
              spec.auth.bearerTokenSecretRef.key: must not be empty"
+        );
+        let spec = WebRTCEgressSpec {
+            auth: Some(AuthSpec::default()),
+            ..spec_with_processes(1)
+        };
+        assert_eq!(errors(&spec), format!("spec.auth: {AUTH_NEEDS_A_METHOD}"));
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_key_source_and_an_http_jwks_url() {
+        let with_jwt = |jwt: JwtSpec| WebRTCEgressSpec {
+            auth: Some(AuthSpec {
+                bearer_token_secret_ref: None,
+                jwt: Some(jwt),
+            }),
+            ..spec_with_processes(1)
+        };
+        let secret = || {
+            Some(SecretKeyRef {
+                name: "jwt".into(),
+                key: "key".into(),
+            })
+        };
+        let url = |u: &str| Some(u.to_owned());
+        assert_eq!(
+            validate(&with_jwt(JwtSpec {
+                secret_ref: secret(),
+                audience: url("whep"),
+                ..Default::default()
+            })),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&with_jwt(JwtSpec {
+                jwks_url: url("https://idp.example.org/.well-known/jwks.json"),
+                ..Default::default()
+            })),
+            Ok(())
+        );
+        let one = format!("spec.auth.jwt: {JWT_NEEDS_ONE_KEY}");
+        assert_eq!(errors(&with_jwt(JwtSpec::default())), one);
+        assert_eq!(
+            errors(&with_jwt(JwtSpec {
+                secret_ref: secret(),
+                jwks_url: url("https://idp.example.org/jwks"),
+                ..Default::default()
+            })),
+            one
+        );
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https:///jwks",
+            "idp.example.org/jwks",
+        ] {
+            assert_eq!(
+                errors(&with_jwt(JwtSpec {
+                    jwks_url: url(bad),
+                    ..Default::default()
+                })),
+                format!("spec.auth.jwt.jwksURL: {bad:?} is not an http:// or https:// URL")
+            );
+        }
+        assert_eq!(
+            errors(&with_jwt(JwtSpec {
+                secret_ref: secret(),
+                issuer: url(""),
+                ..Default::default()
+            })),
+            "spec.auth.jwt.issuer: must not be empty"
+        );
+    }
+
+    #[test]
+    fn ice_credentials_come_from_secrets_only() {
+        let mut spec = spec_with_processes(1);
+        spec.webrtc.ice_servers = vec![
+            IceServerSpec {
+                urls: vec!["turn:t.example.org".into()],
+                username: Some("u".into()),
+                credential_secret_ref: Some(SecretKeyRef {
+                    name: "turn".into(),
+                    key: "password".into(),
+                }),
+                ..Default::default()
+            },
+            IceServerSpec {
+                urls: vec!["turn:t.example.org".into()],
+                username: Some("u".into()),
+                credential: Some("plain".into()),
+                ..Default::default()
+            },
+            IceServerSpec {
+                urls: vec!["turn:t.example.org".into()],
+                credential_secret_ref: Some(SecretKeyRef {
+                    name: "turn".into(),
+                    key: String::new(),
+                }),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(
+            errors(&spec),
+            format!(
+                "spec.webrtc.iceServers[1].credential: {CREDENTIAL_REFUSED}; \
+                 spec.webrtc.iceServers[2].credentialSecretRef.key: must not be empty; \
+                 spec.webrtc.iceServers[2].username: {CREDENTIAL_NEEDS_USERNAME}"
+            )
         );
     }
 }

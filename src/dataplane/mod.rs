@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
+pub mod auth;
 mod authority;
 pub mod ffmpeg;
 mod http;
@@ -37,9 +38,8 @@ pub struct DataPlaneArgs {
     /// FFmpeg binary.
     #[arg(long, default_value = "ffmpeg", env = "WEBRTC_EGRESS_FFMPEG")]
     pub ffmpeg: String,
-    /// Bearer token required on WHEP requests.
-    #[arg(long, env = "WEBRTC_EGRESS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
     /// Worker shards holding peer connections (default: one per CPU).
     #[arg(long)]
     pub shards: Option<usize>,
@@ -76,6 +76,8 @@ pub struct SpecFeed {
     pub updates: mpsc::Receiver<StreamEntries>,
     /// Advertised when the spec names no public or NAT 1:1 address.
     pub fallback_ips: Vec<IpAddr>,
+    /// How viewers' JWTs are checked (from flags, or the resource's `spec.auth.jwt`).
+    pub jwt: Option<auth::JwtConfig>,
 }
 
 /// Handed the subsystem once its first processes are started, to watch it from outside (the
@@ -94,7 +96,9 @@ pub async fn run(
         initial,
         mut updates,
         fallback_ips,
+        jwt,
     } = feed;
+    let auth = auth::Authenticator::new(args.auth.token.clone(), jwt)?;
     let factory = translate(&initial.webrtc, &fallback_ips).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Metrics::default();
     let (unclassified_refused, http_refused) = (
@@ -127,7 +131,7 @@ pub async fn run(
     let app = whep::router(whep::AppState {
         subsystem: subsystem.clone(),
         engine: engine.clone(),
-        token: args.token.clone().map(Into::into),
+        auth,
         metrics,
         trust_forwarded: args.trust_forwarded_headers,
         offers_in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_offers_in_flight)),

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::Semaphore;
 
+use super::auth::{Authenticator, Denied};
 use super::authority;
 use super::http;
 use super::listener::ConnInfo;
@@ -36,8 +37,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub subsystem: Arc<Subsystem>,
     pub engine: Arc<Engine>,
-    /// Bearer token WHEP requests must carry; None leaves WHEP open.
-    pub token: Option<Arc<str>>,
+    /// Who may watch (static token, JWTs, or anyone).
+    pub auth: Authenticator,
     pub metrics: Metrics,
     /// Take the viewer-facing host from `X-Forwarded-Host` / `Forwarded` (set only behind a
     /// proxy that overwrites them).
@@ -202,29 +203,36 @@ async fn preflight() -> Response {
         .into_response()
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.token else {
-        return Ok(());
-    };
+async fn authorize(state: &AppState, headers: &HeaderMap, process: &str) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => {
-            let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            e.headers.push((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"whep\""),
-            ));
-            Err(e)
-        }
-    }
+        .and_then(|v| v.to_str().ok());
+    state
+        .auth
+        .check(given, process)
+        .await
+        .map_err(ApiError::from)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        let status = match denied {
+            Denied::Missing | Denied::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Denied::Forbidden(_) => StatusCode::FORBIDDEN,
+            Denied::Unavailable(_) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, denied.to_string())
+                    .retry_after();
+            }
+        };
+        let mut e = ApiError::new(status, denied.to_string());
+        if let Some(challenge) = denied
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            e.headers.push((header::WWW_AUTHENTICATE, challenge));
+        }
+        e
+    }
 }
 
 fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
@@ -336,7 +344,7 @@ async fn offer(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many offers in flight")
                 .retry_after()
         })?;
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, &process).await?;
     require_content_type(&headers, SDP)?;
     let stream = state
         .subsystem
@@ -415,7 +423,7 @@ async fn trickle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, &process).await?;
     let info = session_of(&state, &process, &session)?;
     require_content_type(&headers, SDPFRAG)?;
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
@@ -453,7 +461,7 @@ async fn hang_up(
     Path((process, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers, &process).await?;
     session_of(&state, &process, &session)?;
     if state.engine.unsubscribe(&session).await {
         Ok(StatusCode::OK.into_response())

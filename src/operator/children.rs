@@ -248,6 +248,7 @@ fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &
         format!("0.0.0.0:{HTTP_PORT}"),
         format!("--drain-seconds={drain}"),
     ])
+    .chain(jwt_args(egress))
     .collect();
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -333,6 +334,27 @@ fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &
     }
 }
 
+/// How the agent checks viewers' JWTs: the JWKS URL, or the Secret key of the HS256 key (which
+/// the agent reads through the API server, so the key never shows in the pod spec).
+fn jwt_args(egress: &WebRTCEgress) -> Vec<String> {
+    let Some(jwt) = egress.spec.auth.as_ref().and_then(|a| a.jwt.as_ref()) else {
+        return Vec::new();
+    };
+    let flags = [
+        (
+            "--jwt-secret-ref",
+            jwt.secret_ref.as_ref().map(entries::format_secret_ref),
+        ),
+        ("--jwks-url", jwt.jwks_url.clone()),
+        ("--jwt-audience", jwt.audience.clone()),
+        ("--jwt-issuer", jwt.issuer.clone()),
+    ];
+    flags
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|v| format!("{flag}={v}")))
+        .collect()
+}
+
 /// The pod's identity and addresses from the downward API (the agent advertises the node's
 /// address on the host network), and the WHEP token when the resource requires one.
 fn env(egress: &WebRTCEgress) -> Vec<EnvVar> {
@@ -360,8 +382,12 @@ fn env(egress: &WebRTCEgress) -> Vec<EnvVar> {
         field("HOST_IP", "status.hostIP"),
         field("POD_IP", "status.podIP"),
     ];
-    if let Some(auth) = &egress.spec.auth {
-        let secret = &auth.bearer_token_secret_ref;
+    if let Some(secret) = egress
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.bearer_token_secret_ref.as_ref())
+    {
         env.push(from(
             "WEBRTC_EGRESS_TOKEN",
             EnvVarSource {
@@ -432,7 +458,7 @@ fn hash(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AuthSpec, ImagePullPolicy, SecretKeyRef};
+    use crate::crd::{AuthSpec, ImagePullPolicy, JwtSpec, SecretKeyRef};
     use crate::operator::fixtures::{agent_config, egress, process};
 
     fn container(deployment: &Deployment) -> &Container {
@@ -701,10 +727,18 @@ mod tests {
         egress.spec.pod.host_network = true;
         egress.spec.pod.node_selector = BTreeMap::from([("media".into(), "yes".into())]);
         egress.spec.auth = Some(AuthSpec {
-            bearer_token_secret_ref: SecretKeyRef {
+            bearer_token_secret_ref: Some(SecretKeyRef {
                 name: "whep".into(),
                 key: "token".into(),
-            },
+            }),
+            jwt: Some(JwtSpec {
+                secret_ref: Some(SecretKeyRef {
+                    name: "viewer-jwt".into(),
+                    key: "hs256".into(),
+                }),
+                audience: Some("whep".into()),
+                ..Default::default()
+            }),
         });
         let deployment = deployment(&egress, &agent_config()).unwrap();
         let pod = pod_of(&deployment);
@@ -727,6 +761,15 @@ mod tests {
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("whep", "token")
+        );
+        // The HS256 key is named, not copied: the agent reads it through the API server.
+        let args = c.args.as_ref().unwrap();
+        assert!(
+            args.ends_with(&[
+                "--jwt-secret-ref=viewer-jwt/hs256".to_owned(),
+                "--jwt-audience=whep".to_owned()
+            ]),
+            "{args:?}"
         );
         let rolling = deployment.spec.strategy.unwrap().rolling_update.unwrap();
         assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
@@ -753,14 +796,28 @@ mod tests {
         );
 
         type Edit = fn(&mut WebRTCEgressSpec);
-        let edits: [(&str, Edit); 5] = [
+        let edits: [(&str, Edit); 6] = [
             ("image", |s| s.pod.image = Some("other:2".into())),
             ("udpPort", |s| s.webrtc.udp_port = 9000),
             ("hostNetwork", |s| s.pod.host_network = true),
             ("resources", |s| {
                 s.pod.resources = Some(ResourceRequirements::default())
             }),
-            ("auth", |s| s.auth = Some(AuthSpec::default())),
+            ("auth", |s| {
+                s.auth = Some(AuthSpec {
+                    bearer_token_secret_ref: Some(SecretKeyRef::default()),
+                    jwt: None,
+                })
+            }),
+            ("jwt", |s| {
+                s.auth = Some(AuthSpec {
+                    bearer_token_secret_ref: None,
+                    jwt: Some(JwtSpec {
+                        jwks_url: Some("https://idp.example.org/jwks".into()),
+                        ..Default::default()
+                    }),
+                })
+            }),
         ];
         for (what, edit) in edits {
             let mut edited = base.clone();
