@@ -234,7 +234,9 @@ impl Subsystem {
             let dropped = metrics.dropped.clone();
             Source::bind(
                 kind,
-                Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet, &dropped)),
+                Arc::new(move |packets: Vec<Arc<MediaPacket>>| {
+                    engine.dispatch(key, packets, &dropped)
+                }),
                 Arc::new(move || {
                     if let Some(supervisor) = slot.get() {
                         supervisor.mark_running();
