@@ -27,10 +27,11 @@ const MAX_IN_FLIGHT: usize = 256;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// WHEP endpoint to subscribe to (this server's or any other's),
-    /// e.g. http://127.0.0.1:8080/whep/cam1
-    #[arg(long)]
-    pub url: String,
-    /// Number of viewers to subscribe.
+    /// e.g. http://127.0.0.1:8080/whep/cam1. Repeat it to load several streams in one window:
+    /// viewers are spread over the URLs in turn.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    /// Number of viewers to subscribe, over all URLs.
     #[arg(long, default_value_t = 10)]
     pub viewers: usize,
     /// Seconds to hold all viewers once they joined: the steady window measured.
@@ -107,13 +108,13 @@ async fn subscribe_all(args: &BenchArgs) -> Ramp {
     // After a stall on a slow server, keep the rate instead of catching up in a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = JoinSet::new();
-    for _ in 0..args.viewers {
+    for url in args.url.iter().cycle().take(args.viewers) {
         tick.tick().await;
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
         let opts = ViewerOptions {
-            url: args.url.clone(),
+            url: url.clone(),
             token: args.token.clone(),
             inspect_media: args.inspect_media,
             transport: args.transport,
@@ -420,7 +421,7 @@ struct LoadgenFigures {
 /// Everything one run reports; serialized as the `BENCH_RESULT` line.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
-    url: String,
+    urls: Vec<String>,
     transport: MediaTransport,
     viewers_requested: usize,
     viewers_connected: usize,
@@ -483,7 +484,7 @@ impl Report {
             });
         let own_steady = clock.secs(window.own_ticks());
         Self {
-            url: args.url.clone(),
+            urls: args.url.clone(),
             transport: args.transport,
             viewers_requested: args.viewers,
             viewers_connected: connected,
@@ -522,7 +523,8 @@ impl Report {
     fn print_human(&self) {
         println!(
             "== WHEP bench: {} (media over {:?})",
-            self.url, self.transport
+            self.urls.join(" "),
+            self.transport
         );
         println!(
             "viewers    requested {}  connected {}  failed {}  without media {}  closed by server {}",

@@ -247,7 +247,9 @@ impl Subsystem {
             Source::bind(
                 kind,
                 rendition,
-                Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet, &dropped)),
+                Arc::new(move |packets: Vec<Arc<MediaPacket>>| {
+                    engine.dispatch(key, packets, &dropped)
+                }),
                 Arc::new(move || {
                     if let Some(supervisor) = slot.get() {
                         supervisor.mark_running();

@@ -15,7 +15,9 @@ use super::codecs::clock_rate;
 use super::h264::KeyframeDetector;
 use super::{MediaPacket, TrackKind};
 
-pub type PacketSink = Arc<dyn Fn(Arc<MediaPacket>) + Send + Sync>;
+/// Takes the packets read in one wake-up, in order: one hand-off (and one batch of sends) for
+/// a burst, such as the packets of one video frame.
+pub type PacketSink = Arc<dyn Fn(Vec<Arc<MediaPacket>>) + Send + Sync>;
 /// Called for every packet: proof that the producer is alive.
 pub type OnMedia = Arc<dyn Fn() + Send + Sync>;
 
@@ -102,6 +104,9 @@ impl Drop for Source {
     }
 }
 
+/// Most packets handed on at once; a 2 Mbit/s keyframe is a few dozen.
+const MAX_BURST: usize = 64;
+
 async fn receive(
     socket: UdpSocket,
     (kind, rendition): (TrackKind, u8),
@@ -113,32 +118,47 @@ async fn receive(
     let mut normalizer = Normalizer::new(clock_rate(kind));
     let mut keyframes = KeyframeDetector::default();
     loop {
-        let Ok((n, _)) = socket.recv_from(&mut buf).await else {
+        if socket.readable().await.is_err() {
             continue;
-        };
+        }
+        // Everything already queued is read now and handed on together.
+        let mut burst = Vec::new();
+        while burst.len() < MAX_BURST {
+            let n = match socket.try_recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let Ok(mut packet) = rtp::Packet::unmarshal(&mut BytesMut::from(&buf[..n])) else {
+                continue;
+            };
+            normalizer.apply(&mut packet.header, Instant::now());
+            // Subscribers negotiate no extensions with FFmpeg's ids; rtc drops packets carrying them.
+            packet.header.extension = false;
+            packet.header.extensions.clear();
+            packet.header.extensions_padding = 0;
+            let keyframe_start = kind == TrackKind::Video
+                && keyframes.is_keyframe_start(packet.header.timestamp, &packet.payload);
+            burst.push(Arc::new(MediaPacket {
+                kind,
+                keyframe_start,
+                rendition,
+                packet,
+            }));
+        }
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut packet) = rtp::Packet::unmarshal(&mut BytesMut::from(&buf[..n])) else {
+        if burst.is_empty() {
             continue;
-        };
+        }
         let ms = (shared.started.elapsed().as_millis() as u64).max(1);
         shared.last_packet_ms.store(ms, Ordering::Relaxed);
-        shared.packets.fetch_add(1, Ordering::Relaxed);
-        normalizer.apply(&mut packet.header, Instant::now());
+        shared
+            .packets
+            .fetch_add(burst.len() as u64, Ordering::Relaxed);
         on_media();
-        // Subscribers negotiate no extensions with FFmpeg's ids; rtc drops packets carrying them.
-        packet.header.extension = false;
-        packet.header.extensions.clear();
-        packet.header.extensions_padding = 0;
-        let keyframe_start = kind == TrackKind::Video
-            && keyframes.is_keyframe_start(packet.header.timestamp, &packet.payload);
-        sink(Arc::new(MediaPacket {
-            kind,
-            keyframe_start,
-            rendition,
-            packet,
-        }));
+        sink(burst);
     }
 }
 

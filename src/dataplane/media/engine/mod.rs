@@ -198,19 +198,21 @@ impl Engine {
         self.shared.socket.local_addr()
     }
 
-    /// Hands a Source's packet to every shard; never blocks, drops (and counts, in total and
-    /// in the process's `dropped`) when full.
-    pub fn dispatch(&self, stream: StreamKey, packet: Arc<MediaPacket>, dropped: &Counter) {
+    /// Hands a Source's burst of packets to every shard; never blocks, drops (and counts, in
+    /// total and in the process's `dropped`) when full.
+    pub fn dispatch(&self, stream: StreamKey, packets: Vec<Arc<MediaPacket>>, dropped: &Counter) {
+        let count = packets.len() as u64;
+        let packets: Arc<[Arc<MediaPacket>]> = packets.into();
         for shard in &self.shards {
             if shard
                 .try_send(ShardMsg::Media {
                     stream,
-                    packet: packet.clone(),
+                    packets: packets.clone(),
                 })
                 .is_err()
             {
-                self.shared.metrics.media_dropped.inc();
-                dropped.inc();
+                self.shared.metrics.media_dropped.inc_by(count);
+                dropped.inc_by(count);
             }
         }
     }

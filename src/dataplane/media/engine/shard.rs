@@ -57,9 +57,10 @@ pub(super) enum ShardMsg {
         session: SessionId,
         peer: SocketAddr,
     },
+    /// A Source's burst, shared by every shard.
     Media {
         stream: StreamKey,
-        packet: Arc<MediaPacket>,
+        packets: Arc<[Arc<MediaPacket>]>,
     },
     Add(Box<Subscriber>),
     Candidate {
@@ -260,7 +261,7 @@ impl Shard {
                     sub.tcp_links.retain(|(addr, _)| *addr != peer);
                 }
             }
-            ShardMsg::Media { stream, packet } => self.on_media(stream, packet),
+            ShardMsg::Media { stream, packets } => self.on_media(stream, &packets),
             ShardMsg::Add(sub) => self.add(*sub),
             ShardMsg::Candidate {
                 session,
@@ -361,8 +362,8 @@ impl Shard {
         self.service(id);
     }
 
-    fn on_media(&mut self, stream: StreamKey, packet: Arc<MediaPacket>) {
-        if packet.kind == TrackKind::Video {
+    fn on_media(&mut self, stream: StreamKey, packets: &[Arc<MediaPacket>]) {
+        for packet in packets.iter().filter(|p| p.kind == TrackKind::Video) {
             let cache = self
                 .keyframe_cache
                 .entry((stream, packet.rendition))
@@ -383,8 +384,12 @@ impl Shard {
             if let Some(sub) = self.peers.get_mut(id)
                 && sub.connected
             {
-                forwarded += sub.write_media(&packet, now) as u64;
-                bytes += flush(&self.shared, self.index, sub, &mut self.outbox).bytes;
+                // The whole burst, then one pass through the peer's pipeline; the viewer's
+                // datagrams end up next to each other in the outbox.
+                for packet in packets {
+                    forwarded += sub.write_media(packet, now) as u64;
+                }
+                bytes += flush_writes(&self.shared, self.index, sub, &mut self.outbox);
             }
         }
         self.shared.metrics.rtp_packets_forwarded.inc_by(forwarded);
@@ -581,6 +586,35 @@ impl Subscriber {
 
 /// Queues what the peer wants sent, learns its addresses, and reports state changes.
 fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Flushed {
+    let bytes = flush_writes(shared, shard, sub, outbox);
+    while sub.pc.poll_read().is_some() {}
+    let mut verdict = Verdict::Keep;
+    while let Some(event) = sub.pc.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+            match state {
+                RTCPeerConnectionState::Connected if !sub.connected => {
+                    sub.connected = true;
+                    verdict = Verdict::JustConnected;
+                }
+                RTCPeerConnectionState::Disconnected => verdict = Verdict::Reap("disconnected"),
+                RTCPeerConnectionState::Failed => verdict = Verdict::Reap("ICE/DTLS failed"),
+                RTCPeerConnectionState::Closed => verdict = Verdict::Reap("closed"),
+                _ => {}
+            }
+        }
+    }
+    if let Verdict::Reap(reason) = verdict
+        && sub.connected
+    {
+        warn!(session = %sub.id, reason, "subscriber lost");
+    }
+    Flushed { verdict, bytes }
+}
+
+/// Queues what the peer wants sent and learns its addresses; returns the bytes handed on.
+/// All that writing media needs: it raises no event and reads nothing, so the media path
+/// skips [`flush`]'s sweeps of the peer's read and event queues.
+fn flush_writes(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> u64 {
     let mut bytes = 0;
     while let Some(out) = sub.pc.poll_write() {
         let dest = out.transport.peer_addr;
@@ -614,26 +648,5 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
         bytes += len;
         outbox.push(dest, out.message);
     }
-    while sub.pc.poll_read().is_some() {}
-    let mut verdict = Verdict::Keep;
-    while let Some(event) = sub.pc.poll_event() {
-        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-            match state {
-                RTCPeerConnectionState::Connected if !sub.connected => {
-                    sub.connected = true;
-                    verdict = Verdict::JustConnected;
-                }
-                RTCPeerConnectionState::Disconnected => verdict = Verdict::Reap("disconnected"),
-                RTCPeerConnectionState::Failed => verdict = Verdict::Reap("ICE/DTLS failed"),
-                RTCPeerConnectionState::Closed => verdict = Verdict::Reap("closed"),
-                _ => {}
-            }
-        }
-    }
-    if let Verdict::Reap(reason) = verdict
-        && sub.connected
-    {
-        warn!(session = %sub.id, reason, "subscriber lost");
-    }
-    Flushed { verdict, bytes }
+    bytes
 }
