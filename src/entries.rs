@@ -3,14 +3,19 @@
 //! module and neither owns it, so the data plane never depends on the operator.
 //!
 //! One key per process (`process.{id}.yaml`, YAML of its `ProcessSpec`), so adding or removing
-//! a process touches only its own entry, plus `webrtc.yaml` with the effective WebRTC settings.
+//! a process touches only its own entry, plus `webrtc.yaml` with the effective WebRTC settings
+//! and `limits.yaml` with the pod's viewer capacity (absent: no cap of the resource's own).
 
 use std::collections::BTreeMap;
 
-use crate::crd::{ProcessSpec, ValidationErrors, WebRTCEgressSpec, WebRtcSettings, validate};
+use crate::crd::{
+    Limits, ProcessSpec, ValidationErrors, WebRTCEgressSpec, WebRtcSettings, validate,
+};
 
 /// Key holding the effective `spec.webrtc` (YAML).
 pub const WEBRTC_KEY: &str = "webrtc.yaml";
+/// Key holding `spec.limits` (YAML); written only when the resource sets a limit.
+pub const LIMITS_KEY: &str = "limits.yaml";
 const PROCESS_PREFIX: &str = "process.";
 const PROCESS_SUFFIX: &str = ".yaml";
 
@@ -28,6 +33,7 @@ pub fn process_key(id: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct StreamEntries {
     pub webrtc: WebRtcSettings,
+    pub limits: Limits,
     pub processes: Vec<ProcessSpec>,
 }
 
@@ -49,21 +55,29 @@ pub enum EntriesError {
 
 impl StreamEntries {
     /// The entries of a resource's spec, with `webrtc` as the pods should use it.
-    pub fn new(webrtc: WebRtcSettings, processes: &[ProcessSpec]) -> Self {
+    pub fn new(webrtc: WebRtcSettings, limits: Limits, processes: &[ProcessSpec]) -> Self {
         let mut processes = processes.to_vec();
         processes.sort_by(|a, b| a.id.cmp(&b.id));
-        StreamEntries { webrtc, processes }
+        StreamEntries {
+            webrtc,
+            limits,
+            processes,
+        }
     }
 
     /// The entries of a spec as it stands (what `serve` runs from a manifest).
     pub fn of_spec(spec: &WebRTCEgressSpec) -> Self {
-        Self::new(spec.webrtc.clone(), &spec.processes)
+        Self::new(spec.webrtc.clone(), spec.limits.clone(), &spec.processes)
     }
 
     /// The ConfigMap data the operator writes.
     pub fn encode(&self) -> Result<BTreeMap<String, String>, serde_yaml::Error> {
         let mut data =
             BTreeMap::from([(WEBRTC_KEY.to_owned(), serde_yaml::to_string(&self.webrtc)?)]);
+        // Left out when unset, so that resources without limits keep the ConfigMap they had.
+        if self.limits != Limits::default() {
+            data.insert(LIMITS_KEY.to_owned(), serde_yaml::to_string(&self.limits)?);
+        }
         for process in &self.processes {
             data.insert(process_key(&process.id), serde_yaml::to_string(process)?);
         }
@@ -80,6 +94,10 @@ impl StreamEntries {
         let webrtc = data.get(WEBRTC_KEY).ok_or(EntriesError::MissingWebrtc)?;
         let webrtc: WebRtcSettings =
             serde_yaml::from_str(webrtc).map_err(|e| yaml(WEBRTC_KEY, e))?;
+        let limits: Limits = match data.get(LIMITS_KEY) {
+            Some(text) => serde_yaml::from_str(text).map_err(|e| yaml(LIMITS_KEY, e))?,
+            None => Limits::default(),
+        };
         let mut processes = Vec::new();
         for (key, value) in data {
             let Some(id) = key
@@ -97,9 +115,10 @@ impl StreamEntries {
             }
             processes.push(process);
         }
-        let entries = Self::new(webrtc, &processes);
+        let entries = Self::new(webrtc, limits, &processes);
         validate(&WebRTCEgressSpec {
             webrtc: entries.webrtc.clone(),
+            limits: entries.limits.clone(),
             processes: entries.processes.clone(),
             ..Default::default()
         })?;
@@ -129,8 +148,21 @@ mod tests {
                 udp_port: 9000,
                 ..Default::default()
             },
+            Limits::default(),
             &processes,
         )
+    }
+
+    #[test]
+    fn limits_travel_only_when_set() {
+        let mut original = entries(&["cam1"]);
+        assert!(!original.encode().unwrap().contains_key(LIMITS_KEY));
+        original.limits.max_viewers_per_pod = Some(2);
+        original.processes[0].max_viewers = Some(1);
+        let data = original.encode().unwrap();
+        assert_eq!(data[LIMITS_KEY], "maxViewersPerPod: 2\n");
+        assert!(data["process.cam1.yaml"].contains("maxViewers: 1"));
+        assert_eq!(StreamEntries::decode(&data).unwrap(), original);
     }
 
     #[test]

@@ -16,16 +16,33 @@ pub trait RenderMetrics: Send + Sync + 'static {
     fn render(&self) -> String;
 }
 
+/// Whether a role takes work now; `Err` carries the reason `/readyz` gives.
+pub trait Readiness: Send + Sync + 'static {
+    fn readiness(&self) -> Result<(), String>;
+}
+
+/// A plain flag, set once the role is up (the operator).
+impl Readiness for AtomicBool {
+    fn readiness(&self) -> Result<(), String> {
+        if self.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("not ready".into())
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Health {
     metrics: Arc<dyn RenderMetrics>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<dyn Readiness>,
 }
 
-/// `/healthz` (alive), `/readyz` (200 while `ready` is set, else 503) and `/metrics`.
+/// `/healthz` (alive), `/readyz` (200 while `ready` says so, else 503 with its reason) and
+/// `/metrics`.
 pub fn routes<S: Clone + Send + Sync + 'static>(
     metrics: Arc<dyn RenderMetrics>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<dyn Readiness>,
 ) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -35,10 +52,9 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
 }
 
 async fn readyz(State(health): State<Health>) -> Response {
-    if health.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match health.ready.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
 }
 

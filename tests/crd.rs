@@ -65,7 +65,14 @@ fn names_scope_and_subresources() {
     assert_eq!(version["name"], "v1alpha1");
     assert_eq!(version["served"], true);
     assert_eq!(version["storage"], true);
-    assert_eq!(version["subresources"], json!({"status": {}}));
+    assert_eq!(
+        version["subresources"],
+        json!({"status": {}, "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }})
+    );
     assert_eq!(WebRTCEgress::api_version(&()), crd::API_VERSION);
     assert_eq!(WebRTCEgress::kind(&()), crd::KIND);
 }

@@ -34,15 +34,7 @@ fn tcp_viewer(url: String) -> ViewerOptions {
 }
 
 async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    server.metric(name).await.unwrap_or(0.0)
 }
 
 /// The `a=candidate` lines of an SDP's first section that carry TCP, component 1 (RTP).

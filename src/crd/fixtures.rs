@@ -38,6 +38,7 @@ pub(super) fn spec_with_processes(count: usize) -> WebRTCEgressSpec {
         }],
         video: VideoSpec::default(),
         audio: Some(AudioSpec::default()),
+        max_viewers: None,
     };
     WebRTCEgressSpec {
         processes: (0..count).map(process).collect(),

@@ -37,6 +37,8 @@ pub const DEFAULT_NAME: &str = "default";
 /// live viewers are not to be cut by a rollout.
 pub const DEFAULT_DRAIN_SECONDS: u32 = 3600;
 const MAX_DRAIN_SECONDS: u32 = 86_400;
+/// Far beyond what one pod can serve; bounds the viewer caps.
+const MAX_VIEWERS: u32 = 1_000_000;
 /// UDP port shared by all peers of a pod unless the manifest says otherwise.
 pub const DEFAULT_UDP_PORT: u16 = 8189;
 
@@ -70,6 +72,12 @@ const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
     derive = "PartialEq",
     derive = "Default",
     doc = "Live FFmpeg inputs served to browsers over WebRTC (WHEP).",
+    // `kubectl scale` and HorizontalPodAutoscalers drive `spec.replicas` through this.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(
         name = "READY",
         type_ = "string",
@@ -104,9 +112,30 @@ pub struct WebRTCEgressSpec {
         "x-kubernetes-list-map-keys" = ["id"]
     ))]
     pub processes: Vec<ProcessSpec>,
+    /// Viewer capacity of each pod.
+    #[serde(skip_serializing_if = "Limits::is_default")]
+    pub limits: Limits,
     /// How the operator runs the egress pods; ignored by `serve`.
     #[serde(skip_serializing_if = "PodSettings::is_default")]
     pub pod: PodSettings,
+}
+
+/// Capacity of each egress pod; edits apply to running pods without rolling them.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Limits {
+    /// Most viewers one pod holds, all processes together. A full pod answers new viewers 503
+    /// with `Retry-After` and reports not-ready, so the Service sends them to pods with room;
+    /// the viewers it holds keep playing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VIEWERS), extend("format" = "int32"))]
+    pub max_viewers_per_pod: Option<u32>,
+}
+
+impl Limits {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for WebRTCEgressSpec {
@@ -116,6 +145,7 @@ impl Default for WebRTCEgressSpec {
             webrtc: WebRtcSettings::default(),
             auth: None,
             processes: Vec::new(),
+            limits: Limits::default(),
             pod: PodSettings::default(),
         }
     }
@@ -300,9 +330,26 @@ pub struct ProcessSpec {
     /// Omit for a video-only stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioSpec>,
+    /// Most viewers this process takes on each pod; more get 503 with `Retry-After`. Changing
+    /// it never restarts the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VIEWERS), extend("format" = "int32"))]
+    pub max_viewers: Option<u32>,
 }
 
 impl ProcessSpec {
+    /// Whether `other` produces the same stream: everything but the viewer cap is equal.
+    pub fn same_media(&self, other: &ProcessSpec) -> bool {
+        let ProcessSpec {
+            id,
+            inputs,
+            video,
+            audio,
+            max_viewers: _,
+        } = self;
+        *id == other.id && *inputs == other.inputs && *video == other.video && *audio == other.audio
+    }
+
     /// Path of the WHEP endpoint that serves this process.
     pub fn whep_path(&self) -> String {
         format!("/whep/{}", self.id)
@@ -392,6 +439,11 @@ pub struct WebRTCEgressStatus {
     pub stream_count: Option<i32>,
     /// Egress pods that are ready.
     pub ready_replicas: Option<i32>,
+    /// Egress pods that exist (the scale subresource's `status.replicas`).
+    pub replicas: Option<i32>,
+    /// Label selector of the egress pods, for the scale subresource (an autoscaler finds the
+    /// pods whose metrics it reads with it).
+    pub selector: Option<String>,
     /// Addresses the pods advertise as ICE candidates.
     #[serde(rename = "advertisedIPs")]
     pub advertised_ips: Vec<String>,

@@ -113,7 +113,19 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
                 &mut errors,
             );
         }
+        check_range(
+            &format!("{path}.maxViewers"),
+            process.max_viewers,
+            (1, MAX_VIEWERS),
+            &mut errors,
+        );
     }
+    check_range(
+        "spec.limits.maxViewersPerPod",
+        spec.limits.max_viewers_per_pod,
+        (1, MAX_VIEWERS),
+        &mut errors,
+    );
     if errors.is_empty() {
         Ok(())
     } else {

@@ -7,6 +7,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::health::RenderMetrics;
@@ -38,7 +39,61 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     /// Packets not queued to an ICE-TCP viewer (queue full or connection gone).
     pub tcp_send_dropped: Counter,
+    processes: ProcessFamilies,
     registry: Arc<Registry>,
+}
+
+/// Join latency buckets (seconds from the WHEP POST to ICE+DTLS connected).
+const JOIN_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn join_histogram() -> Histogram {
+    Histogram::new(JOIN_BUCKETS)
+}
+
+/// The `process`-labelled families; each process's series go when the process goes.
+#[derive(Clone)]
+struct ProcessFamilies {
+    viewers: Family<ProcessLabels, Gauge>,
+    packets: Family<ProcessLabels, Counter>,
+    bytes: Family<ProcessLabels, Counter>,
+    dropped: Family<ProcessLabels, Counter>,
+    restarts: Family<ProcessLabels, Counter>,
+    join: Family<ProcessLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ProcessFamilies {
+    fn default() -> Self {
+        ProcessFamilies {
+            viewers: Family::default(),
+            packets: Family::default(),
+            bytes: Family::default(),
+            dropped: Family::default(),
+            restarts: Family::default(),
+            join: Family::new_with_constructor(join_histogram),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessLabels {
+    pub process: String,
+}
+
+/// One process's series, handed to its Sources, supervisor and subscribers: cloned handles
+/// share the atomics, so the hot path never looks a label up.
+#[derive(Clone, Debug)]
+pub struct ProcessMetrics {
+    /// WHEP sessions held for the process.
+    pub viewers: Gauge,
+    /// RTP packets sent to its viewers.
+    pub packets: Counter,
+    /// Bytes sent to its viewers (SRTP, RTCP, DTLS and ICE alike).
+    pub bytes: Counter,
+    /// Its packets not delivered because a shard's or an ICE-TCP viewer's queue was full.
+    pub dropped: Counter,
+    pub ffmpeg_restarts: Counter,
+    /// Seconds from POST to connected, per viewer.
+    pub join_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -60,7 +115,9 @@ impl Default for Metrics {
         let ice_tcp_refused = Counter::default();
         let http_connections_refused = Counter::default();
         let tcp_send_dropped = Counter::default();
+        let processes = ProcessFamilies::default();
         let mut registry = Registry::with_prefix("webrtc_egress");
+        processes.register(registry.sub_registry_with_prefix("process"));
         registry.register(
             "sessions_connected",
             "WHEP sessions connected, by media transport",
@@ -160,6 +217,7 @@ impl Default for Metrics {
             ice_tcp_refused,
             http_connections_refused,
             tcp_send_dropped,
+            processes,
             registry: Arc::new(registry),
         }
     }
@@ -193,6 +251,87 @@ impl Metrics {
         self.sessions_connected
             .get_or_create(&TransportLabels { transport })
             .clone()
+    }
+}
+
+impl Default for ProcessMetrics {
+    /// Series registered nowhere, for code run without a registry (unit tests).
+    fn default() -> Self {
+        ProcessMetrics {
+            viewers: Gauge::default(),
+            packets: Counter::default(),
+            bytes: Counter::default(),
+            dropped: Counter::default(),
+            ffmpeg_restarts: Counter::default(),
+            join_seconds: join_histogram(),
+        }
+    }
+}
+
+impl ProcessFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "viewers",
+            "WHEP sessions held, per process",
+            self.viewers.clone(),
+        );
+        registry.register(
+            "rtp_packets_sent",
+            "RTP packets sent to viewers, per process",
+            self.packets.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "bytes sent to viewers, per process",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "media_dropped",
+            "packets not delivered because a queue was full, per process",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "ffmpeg_restarts",
+            "FFmpeg restarts, per process",
+            self.restarts.clone(),
+        );
+        registry.register(
+            "join_seconds",
+            "seconds from WHEP POST to connected, per process",
+            self.join.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// The series of process `id`, created on first use.
+    pub fn process(&self, id: &str) -> ProcessMetrics {
+        let labels = ProcessLabels {
+            process: id.to_owned(),
+        };
+        let f = &self.processes;
+        ProcessMetrics {
+            viewers: f.viewers.get_or_create(&labels).clone(),
+            packets: f.packets.get_or_create(&labels).clone(),
+            bytes: f.bytes.get_or_create(&labels).clone(),
+            dropped: f.dropped.get_or_create(&labels).clone(),
+            ffmpeg_restarts: f.restarts.get_or_create(&labels).clone(),
+            join_seconds: f.join.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Drops process `id`'s series, so that a removed process leaves `/metrics`.
+    pub fn forget_process(&self, id: &str) {
+        let labels = ProcessLabels {
+            process: id.to_owned(),
+        };
+        let f = &self.processes;
+        f.viewers.remove(&labels);
+        f.packets.remove(&labels);
+        f.bytes.remove(&labels);
+        f.dropped.remove(&labels);
+        f.restarts.remove(&labels);
+        f.join.remove(&labels);
     }
 }
 

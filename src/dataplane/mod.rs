@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -119,18 +118,17 @@ pub async fn run(
         engine.clone(),
         SubsystemConfig {
             ffmpeg: args.ffmpeg.clone(),
-            restarts: metrics.ffmpeg_restarts.clone(),
+            metrics: metrics.clone(),
             ..Default::default()
         },
     );
     subsystem.set_teardown_hook(whep::teardown_hook(engine.clone()));
-    let ready = Arc::new(AtomicBool::new(true));
+    engine.set_viewer_limit(viewer_limit(&initial));
     let app = whep::router(whep::AppState {
         subsystem: subsystem.clone(),
         engine: engine.clone(),
         token: args.token.clone().map(Into::into),
         metrics,
-        ready: ready.clone(),
         trust_forwarded: args.trust_forwarded_headers,
         offers_in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_offers_in_flight)),
         offer_rate: Arc::new(ratelimit::RateLimiter::new(args.offer_rate_per_ip)),
@@ -158,6 +156,7 @@ pub async fn run(
                     Ok(factory) => engine.set_factory(factory),
                     Err(e) => error!("spec.webrtc refused: {e}"),
                 }
+                engine.set_viewer_limit(viewer_limit(&entries));
                 info!(processes = entries.processes.len(), "applying new entries");
                 if let Err(e) = subsystem.apply(&entries.processes).await {
                     error!("applying spec failed: {e}");
@@ -167,11 +166,10 @@ pub async fn run(
     };
 
     let draining = {
-        let (ready, engine) = (ready.clone(), engine.clone());
+        let engine = engine.clone();
         let drain = Duration::from_secs(args.drain_seconds.unwrap_or(0));
         async move {
             health::shutdown_signal().await;
-            ready.store(false, Ordering::Release);
             engine.stop_accepting();
             let held = engine.sessions_held();
             info!(
@@ -192,6 +190,10 @@ pub async fn run(
     engine.close().await;
     info!("stopped");
     Ok(())
+}
+
+fn viewer_limit(entries: &StreamEntries) -> Option<usize> {
+    entries.limits.max_viewers_per_pod.map(|n| n as usize)
 }
 
 fn browsable(addr: SocketAddr) -> SocketAddr {

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -17,6 +16,7 @@ use tracing::{info, warn};
 use crate::crd::{ProcessSpec, VideoMode};
 use crate::dataplane::ffmpeg::{self, ProcessState, ProcessStatus, Supervisor, SupervisorConfig};
 use crate::dataplane::media::{Engine, MediaPacket, Source, StreamKey, TrackKind};
+use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 
 /// Media older than this means the process is not live (WHEP answers 409).
 pub const LIVE_WINDOW: Duration = Duration::from_secs(3);
@@ -36,12 +36,12 @@ pub enum SubsystemError {
 }
 
 /// What the subsystem needs besides the processes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SubsystemConfig {
     pub ffmpeg: String,
     pub restart: ffmpeg::RestartPolicy,
-    /// Counts every FFmpeg restart of every process (the `ffmpeg_restarts` metric).
-    pub restarts: Counter,
+    /// The data plane's registry: each process gets its own series, removed with it.
+    pub metrics: Metrics,
 }
 
 impl Default for SubsystemConfig {
@@ -49,7 +49,7 @@ impl Default for SubsystemConfig {
         SubsystemConfig {
             ffmpeg: "ffmpeg".into(),
             restart: ffmpeg::RestartPolicy::default(),
-            restarts: Counter::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -61,6 +61,7 @@ struct Stream {
     video: Arc<Source>,
     audio: Option<Arc<Source>>,
     supervisor: Arc<Supervisor>,
+    metrics: ProcessMetrics,
 }
 
 /// What the WHEP handler gets from `lookup`: the stream's Sources and state.
@@ -71,6 +72,9 @@ pub struct StreamHandle {
     pub video: Arc<Source>,
     pub audio: Option<Arc<Source>>,
     pub status: watch::Receiver<ProcessStatus>,
+    /// `maxViewers` of the process, if it has one.
+    pub max_viewers: Option<usize>,
+    pub metrics: ProcessMetrics,
 }
 
 impl StreamHandle {
@@ -132,6 +136,8 @@ impl Subsystem {
             video: s.video.clone(),
             audio: s.audio.clone(),
             status: s.supervisor.status(),
+            max_viewers: s.spec.max_viewers.map(|n| n as usize),
+            metrics: s.metrics.clone(),
         })
     }
 
@@ -186,15 +192,21 @@ impl Subsystem {
     }
 
     /// Brings the running processes in line with `processes`: removed or changed ones are
-    /// stopped (teardown first), new ones started. Processes left unchanged are not touched.
+    /// stopped (teardown first), new ones started. Processes left unchanged are not touched, and
+    /// a new `maxViewers` alone is taken in place: a capacity edit must not cut viewers.
     pub async fn apply(&self, processes: &[ProcessSpec]) -> Result<(), SubsystemError> {
         let stale: Vec<String> = {
-            let streams = self.streams.lock().unwrap();
-            streams
-                .iter()
-                .filter(|(id, s)| !processes.iter().any(|p| &p.id == *id && *p == s.spec))
-                .map(|(id, _)| id.clone())
-                .collect()
+            let mut streams = self.streams.lock().unwrap();
+            let mut stale = Vec::new();
+            for (id, stream) in streams.iter_mut() {
+                match processes.iter().find(|p| &p.id == id) {
+                    Some(p) if p.same_media(&stream.spec) => {
+                        stream.spec.max_viewers = p.max_viewers;
+                    }
+                    _ => stale.push(id.clone()),
+                }
+            }
+            stale
         };
         for id in stale {
             self.stop_process(&id).await;
@@ -214,13 +226,15 @@ impl Subsystem {
             return Err(SubsystemError::Closed);
         }
         let key = StreamKey::next();
+        let metrics = self.config.metrics.process(&spec.id);
         let supervisor_slot: Arc<OnceLock<Arc<Supervisor>>> = Arc::default();
         let bind = |kind| {
             let engine = self.engine.clone();
             let slot = supervisor_slot.clone();
+            let dropped = metrics.dropped.clone();
             Source::bind(
                 kind,
-                Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet)),
+                Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet, &dropped)),
                 Arc::new(move || {
                     if let Some(supervisor) = slot.get() {
                         supervisor.mark_running();
@@ -252,7 +266,10 @@ impl Subsystem {
         tokio::spawn(forward_changes(
             supervisor.status(),
             self.changes.clone(),
-            self.config.restarts.clone(),
+            [
+                self.config.metrics.ffmpeg_restarts.clone(),
+                metrics.ffmpeg_restarts.clone(),
+            ],
         ));
         info!(process = %spec.id, video = %video.addr(), "process started");
         let replaced = self.streams.lock().unwrap().insert(
@@ -263,6 +280,7 @@ impl Subsystem {
                 video,
                 audio,
                 supervisor,
+                metrics,
             },
         );
         self.changed();
@@ -292,6 +310,7 @@ impl Subsystem {
         if let Some(stream) = removed {
             self.changed();
             close_stream(stream).await;
+            self.config.metrics.forget_process(id);
             info!(process = %id, "process stopped");
         }
         true
@@ -320,16 +339,18 @@ impl Subsystem {
 }
 
 /// Passes each status change of one FFmpeg on to the subsystem's change counter, and its
-/// restarts to the restart metric; ends with the supervisor.
+/// restarts to the restart metrics (all processes', its own); ends with the supervisor.
 async fn forward_changes(
     mut status: watch::Receiver<ProcessStatus>,
     changes: Arc<watch::Sender<u64>>,
-    restarts: Counter,
+    restarts: [prometheus_client::metrics::counter::Counter; 2],
 ) {
     let mut seen = status.borrow().restarts;
     while status.changed().await.is_ok() {
         let now = status.borrow_and_update().restarts;
-        restarts.inc_by(u64::from(now.saturating_sub(seen)));
+        for counter in &restarts {
+            counter.inc_by(u64::from(now.saturating_sub(seen)));
+        }
         seen = now;
         changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -404,18 +425,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_restart_is_counted() {
-        let restarts = Counter::default();
+    async fn every_restart_is_counted_in_total_and_per_process() {
+        let metrics = Metrics::default();
         let subsystem = subsystem_with(SubsystemConfig {
             ffmpeg: "true".into(),
             restart: ffmpeg::RestartPolicy {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(20),
             },
-            restarts: restarts.clone(),
+            metrics: metrics.clone(),
         })
         .await;
         subsystem.start_process(process("a", false)).await.unwrap();
+        let restarts = metrics.ffmpeg_restarts.clone();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while restarts.get() < 3 {
             assert!(std::time::Instant::now() < deadline, "restarts not counted");
@@ -424,6 +446,34 @@ mod tests {
         let counted = restarts.get();
         let reported = subsystem.statuses()[0].1.restarts;
         assert!(u64::from(reported) >= counted, "{reported} < {counted}");
+        let own = subsystem.lookup("a").unwrap().metrics.ffmpeg_restarts.get();
+        assert!(own >= 3, "per-process restarts {own}");
+        let text = crate::health::RenderMetrics::render(&metrics);
+        assert!(
+            text.contains("webrtc_egress_process_ffmpeg_restarts_total{process=\"a\"}"),
+            "{text}"
+        );
+        subsystem.close().await;
+        let text = crate::health::RenderMetrics::render(&metrics);
+        assert!(
+            !text.contains("process=\"a\""),
+            "series of a removed process: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_max_viewers_is_taken_without_restarting_the_process() {
+        let subsystem = subsystem().await;
+        subsystem.apply(&[process("a", false)]).await.unwrap();
+        let before = subsystem.lookup("a").unwrap();
+        let capped = ProcessSpec {
+            max_viewers: Some(2),
+            ..process("a", false)
+        };
+        subsystem.apply(&[capped]).await.unwrap();
+        let after = subsystem.lookup("a").unwrap();
+        assert_eq!(after.key, before.key, "the process was restarted");
+        assert_eq!(after.max_viewers, Some(2));
         subsystem.close().await;
     }
 

@@ -1,7 +1,6 @@
 //! WHEP over HTTP (draft-ietf-wish-whep), plus the index, player, health and metrics endpoints.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,7 +17,9 @@ use super::authority;
 use super::http;
 use super::listener::ConnInfo;
 use super::ratelimit::RateLimiter;
-use crate::dataplane::media::{Engine, PeerFactoryConfig, StreamKey, SubscribeError};
+use crate::dataplane::media::{
+    Admission, Engine, PeerFactoryConfig, StreamKey, SubscribeError, Subscription,
+};
 use crate::dataplane::metrics::Metrics;
 use crate::dataplane::subsystem::{Subsystem, TeardownHook};
 use crate::health;
@@ -36,8 +37,6 @@ pub struct AppState {
     /// Bearer token WHEP requests must carry; None leaves WHEP open.
     pub token: Option<Arc<str>>,
     pub metrics: Metrics,
-    /// Cleared while draining so load balancers stop sending new viewers.
-    pub ready: Arc<AtomicBool>,
     /// Take the viewer-facing host from `X-Forwarded-Host` / `Forwarded` (set only behind a
     /// proxy that overwrites them).
     pub trust_forwarded: bool,
@@ -93,7 +92,8 @@ impl From<SubscribeError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             SubscribeError::StreamGone | SubscribeError::UnknownSession => StatusCode::NOT_FOUND,
-            SubscribeError::TooManySessions(_)
+            SubscribeError::ServerFull(_)
+            | SubscribeError::ProcessFull(_)
             | SubscribeError::Closed
             | SubscribeError::Draining => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after();
@@ -106,7 +106,7 @@ impl From<SubscribeError> for ApiError {
 
 /// Builds the HTTP app.
 pub fn router(state: AppState) -> Router {
-    let health = health::routes(Arc::new(state.metrics.clone()), state.ready.clone());
+    let health = health::routes(Arc::new(state.metrics.clone()), state.engine.clone());
     Router::new()
         .route("/", get(index))
         .route("/play/{process}", get(player))
@@ -130,6 +130,19 @@ pub fn router(state: AppState) -> Router {
             cors_and_count,
         ))
         .with_state(state)
+}
+
+/// A server is ready while it neither drains nor holds its viewer limit: the Service routes new
+/// viewers only to ready pods, so a full pod's newcomers land where there is room, while the
+/// sessions it holds keep flowing (their media does not go through readiness).
+impl health::Readiness for Engine {
+    fn readiness(&self) -> Result<(), String> {
+        match self.admission() {
+            Admission::Open => Ok(()),
+            Admission::Full { held, limit } => Err(format!("full: {held}/{limit} viewers")),
+            Admission::Draining => Err("draining: new viewers go to another replica".into()),
+        }
+    }
 }
 
 /// The WHEP side of teardown: close the stream's peers while its id still resolves.
@@ -303,9 +316,13 @@ async fn offer(
         None => None,
     };
     tracing::debug!(%process, peer = %conn.peer, ?tcp, "offer");
-    let answer = engine
-        .subscribe(stream.key, stream.audio.is_some(), sdp, tcp)
-        .await?;
+    let subscription = Subscription {
+        stream: stream.key,
+        has_audio: stream.audio.is_some(),
+        max_viewers: stream.max_viewers,
+        metrics: stream.metrics.clone(),
+    };
+    let answer = engine.subscribe(subscription, sdp, tcp).await?;
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));

@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -122,7 +122,8 @@ pub fn load_balancer_ips(service: &Service) -> Vec<String> {
 
 /// ConfigMap `N-streams`: the effective WebRTC settings and one entry per process.
 pub fn configmap(egress: &WebRTCEgress, webrtc: &WebRtcSettings) -> Result<ConfigMap, Error> {
-    let data = StreamEntries::new(webrtc.clone(), &egress.spec.processes).encode()?;
+    let spec = &egress.spec;
+    let data = StreamEntries::new(webrtc.clone(), spec.limits.clone(), &spec.processes).encode()?;
     Ok(with_desired_hash(ConfigMap {
         metadata: metadata(egress, entries::configmap_name(&egress.name_any()))?,
         data: Some(data),
@@ -212,6 +213,23 @@ pub fn deployment(egress: &WebRTCEgress, agent: &AgentConfig) -> Result<Deployme
     }))
 }
 
+/// Pods of one resource go to different nodes where the scheduler can manage it, so that losing
+/// a node loses one pod's viewers, not all; never a reason to leave a pod unscheduled. Counted
+/// per revision (`pod-template-hash`), so a rollout's surge pod is placed by its own kind.
+fn spread_over_nodes(name: &str) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(name)),
+            ..Default::default()
+        }),
+        match_label_keys: Some(vec!["pod-template-hash".into()]),
+        ..Default::default()
+    }
+}
+
 fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &str) -> PodSpec {
     let settings = &egress.spec.pod;
     let udp_port = i32::from(egress.spec.webrtc.udp_port);
@@ -249,6 +267,7 @@ fn pod_spec(egress: &WebRTCEgress, agent: &AgentConfig, name: &str, namespace: &
             .then(|| "ClusterFirstWithHostNet".into()),
         enable_service_links: Some(false),
         node_selector: (!settings.node_selector.is_empty()).then(|| settings.node_selector.clone()),
+        topology_spread_constraints: Some(vec![spread_over_nodes(name)]),
         // No preStop sleep: on SIGTERM the agent turns unready, refuses new sessions and keeps
         // its viewers for the drain time itself; the grace period only has to outlast it.
         termination_grace_period_seconds: Some(i64::from(drain) + TERMINATION_SLACK_SECONDS),
@@ -647,6 +666,18 @@ mod tests {
         assert_eq!(c.resources, Some(default_resources()));
         assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
         assert!(pod.volumes.as_ref().unwrap()[0].empty_dir.is_some());
+        let spread = &pod.topology_spread_constraints.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                spread.topology_key.as_str(),
+                spread.when_unsatisfiable.as_str()
+            ),
+            ("kubernetes.io/hostname", "ScheduleAnyway")
+        );
+        assert_eq!(
+            spread.label_selector.as_ref().unwrap().match_labels,
+            Some(selector_labels("studio"))
+        );
     }
 
     #[test]

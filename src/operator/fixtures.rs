@@ -58,6 +58,7 @@ pub fn deployment_with_ready(ready: i32) -> Deployment {
     Deployment {
         status: Some(DeploymentStatus {
             ready_replicas: Some(ready),
+            replicas: Some(ready + 1),
             ..Default::default()
         }),
         ..Default::default()

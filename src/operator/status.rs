@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::children::pod_selector;
 use super::live::{self, FAILED, PENDING, STARTING};
 use crate::crd::{StreamStatus, WebRTCEgress, WebRTCEgressStatus, WebRtcSettings};
 
@@ -148,6 +149,10 @@ pub fn desired_status(
         live: Some(live),
         stream_count: Some(i32::try_from(egress.spec.processes.len()).unwrap_or(i32::MAX)),
         ready_replicas: observed.deployment.map(|_| ready_replicas),
+        replicas: observed
+            .deployment
+            .map(|d| d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0)),
+        selector: egress.metadata.name.as_deref().map(pod_selector),
         advertised_ips: observed.webrtc.map(advertised_ips).unwrap_or_default(),
     }
 }
@@ -228,6 +233,15 @@ mod tests {
         let status = desired_status(&egress, &observed, at(1000));
         assert_eq!(status.observed_generation, Some(4));
         assert_eq!(status.ready_replicas, Some(1));
+        // The scale subresource: pods that exist, and how to find them.
+        assert_eq!(status.replicas, Some(2));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some(
+                "app.kubernetes.io/component=egress,app.kubernetes.io/instance=studio,\
+                 app.kubernetes.io/name=webrtc-egress"
+            )
+        );
         assert_eq!(status.stream_count, Some(2));
         let ready = find(&status, READY);
         assert_eq!(

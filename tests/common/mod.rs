@@ -131,6 +131,24 @@ impl Server {
             .cloned()
     }
 
+    /// The value of one series on `/metrics`, named with its labels as printed
+    /// (`name{process="cam1"}`); None when absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Waits until the process has media flowing (FFmpeg up, RTP arriving).
     pub async fn wait_live(&self, id: &str) -> serde_json::Value {
         wait_until(Duration::from_secs(60), &format!("{id} live"), || async {

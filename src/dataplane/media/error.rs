@@ -6,8 +6,10 @@ pub enum SubscribeError {
     BadOffer(String),
     #[error("stream is gone")]
     StreamGone,
-    #[error("session limit of {0} reached")]
-    TooManySessions(usize),
+    #[error("this server holds its limit of {0} viewers: retry, another replica may have room")]
+    ServerFull(usize),
+    #[error("this process has its limit of {0} viewers on this server: retry later")]
+    ProcessFull(usize),
     #[error("no such session")]
     UnknownSession,
     #[error("bad candidate: {0}")]

@@ -16,7 +16,7 @@ mod source;
 mod stun;
 pub mod udp;
 
-pub use engine::{Answer, Engine, EngineConfig, SessionId, SessionInfo};
+pub use engine::{Admission, Answer, Engine, EngineConfig, SessionId, SessionInfo, Subscription};
 pub use error::SubscribeError;
 pub use factory::{PeerFactoryConfig, translate};
 pub use framing::is_ice_tcp_start;

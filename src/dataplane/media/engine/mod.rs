@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::shared::TransportProtocol;
 use tokio::net::{TcpStream, UdpSocket};
@@ -25,7 +27,7 @@ use super::factory::PeerFactoryConfig;
 use super::outbox::Outbox;
 use super::peer::{self, TcpCandidate};
 use super::{MediaPacket, StreamKey, SubscribeError};
-use crate::dataplane::metrics::Metrics;
+use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
 use shard::{Shard, ShardMsg, Subscriber};
 
@@ -57,6 +59,24 @@ pub struct SessionInfo {
     pub etag: String,
     pub remote_ufrag: Option<String>,
     shard: usize,
+    viewers: Gauge,
+}
+
+/// What a new viewer asks for: a process's stream, as the subsystem describes it.
+pub struct Subscription {
+    pub stream: StreamKey,
+    pub has_audio: bool,
+    /// The process's own cap on this server (`maxViewers`).
+    pub max_viewers: Option<usize>,
+    pub metrics: ProcessMetrics,
+}
+
+/// Whether new viewers are taken, and if not, why: what `/readyz` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Open,
+    Full { held: usize, limit: usize },
+    Draining,
 }
 
 struct Shared {
@@ -81,7 +101,8 @@ impl Shared {
             }
         }
         drop(routes);
-        if self.sessions.lock().unwrap().remove(id).is_some() {
+        if let Some(info) = self.sessions.lock().unwrap().remove(id) {
+            info.viewers.dec();
             self.metrics.sessions_closed.inc();
             self.metrics.sessions_active.dec();
         }
@@ -93,6 +114,8 @@ pub struct Engine {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     next_shard: AtomicUsize,
     max_sessions: usize,
+    /// `spec.limits.maxViewersPerPod`, changeable at run time; `usize::MAX` when unset.
+    viewer_limit: AtomicUsize,
     /// Bounds the ICE-TCP connections held at once, so idle or hostile ones cannot pile up.
     tcp_permits: Arc<Semaphore>,
     /// Cleared when draining: sessions held keep flowing, new ones are refused.
@@ -122,6 +145,7 @@ impl Engine {
                 shared: shared.clone(),
                 peers: HashMap::new(),
                 by_stream: HashMap::new(),
+                stream_metrics: HashMap::new(),
                 keyframe_cache: HashMap::new(),
                 outbox: Outbox::default(),
             };
@@ -138,6 +162,7 @@ impl Engine {
             shards,
             next_shard: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
+            viewer_limit: AtomicUsize::new(usize::MAX),
             tcp_permits: Arc::new(Semaphore::new(config.max_sessions + TCP_SLACK)),
             accepting: AtomicBool::new(true),
             tasks: Mutex::new(tasks),
@@ -169,8 +194,9 @@ impl Engine {
         self.shared.socket.local_addr()
     }
 
-    /// Hands a Source's packet to every shard; never blocks, drops (and counts) when full.
-    pub fn dispatch(&self, stream: StreamKey, packet: Arc<MediaPacket>) {
+    /// Hands a Source's packet to every shard; never blocks, drops (and counts, in total and
+    /// in the process's `dropped`) when full.
+    pub fn dispatch(&self, stream: StreamKey, packet: Arc<MediaPacket>, dropped: &Counter) {
         for shard in &self.shards {
             if shard
                 .try_send(ShardMsg::Media {
@@ -180,25 +206,72 @@ impl Engine {
                 .is_err()
             {
                 self.shared.metrics.media_dropped.inc();
+                dropped.inc();
             }
         }
+    }
+
+    /// Sets the resource's cap on viewers per pod (`None`: only `--max-sessions`). Lowering it
+    /// below the viewers held closes none of them; new ones wait for room.
+    pub fn set_viewer_limit(&self, limit: Option<usize>) {
+        self.viewer_limit
+            .store(limit.unwrap_or(usize::MAX), Ordering::Release);
+    }
+
+    /// Most sessions held at once: the smaller of `--max-sessions` and the resource's cap.
+    fn capacity(&self) -> usize {
+        self.max_sessions
+            .min(self.viewer_limit.load(Ordering::Acquire))
+    }
+
+    /// Whether a new viewer would be taken now.
+    pub fn admission(&self) -> Admission {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Admission::Draining;
+        }
+        let (held, limit) = (self.sessions_held(), self.capacity());
+        if held >= limit {
+            Admission::Full { held, limit }
+        } else {
+            Admission::Open
+        }
+    }
+
+    /// Refuses a new session of `to` when the server or the process is at its cap.
+    fn check_room(
+        &self,
+        sessions: &HashMap<SessionId, SessionInfo>,
+        to: &Subscription,
+    ) -> Result<(), SubscribeError> {
+        let limit = self.capacity();
+        if sessions.len() >= limit {
+            return Err(SubscribeError::ServerFull(limit));
+        }
+        if let Some(max) = to.max_viewers {
+            let held = sessions.values().filter(|s| s.stream == to.stream).count();
+            if held >= max {
+                return Err(SubscribeError::ProcessFull(max));
+            }
+        }
+        Ok(())
     }
 
     /// Answers a WHEP offer for `stream` and starts the session. `tcp` is where the viewer's
     /// request arrived, offered as a passive ICE-TCP candidate unless the settings turn it off.
     pub async fn subscribe(
         &self,
-        stream: StreamKey,
-        has_audio: bool,
+        to: Subscription,
         offer_sdp: &str,
         tcp: Option<TcpCandidate>,
     ) -> Result<Answer, SubscribeError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(SubscribeError::Draining);
         }
-        if self.sessions_held() >= self.max_sessions {
-            return Err(SubscribeError::TooManySessions(self.max_sessions));
-        }
+        // Checked before the costly answer, and again as the session is recorded.
+        self.check_room(&self.shared.sessions.lock().unwrap(), &to)?;
+        let Subscription {
+            stream, has_audio, ..
+        } = to;
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
         let tcp = tcp.filter(|_| factory.ice_tcp);
@@ -217,6 +290,7 @@ impl Engine {
             if self.shared.closed_streams.lock().unwrap().contains(&stream) {
                 return Err(SubscribeError::StreamGone);
             }
+            self.check_room(&sessions, &to)?;
             sessions.insert(
                 session.clone(),
                 SessionInfo {
@@ -224,8 +298,10 @@ impl Engine {
                     etag: etag.clone(),
                     remote_ufrag: ice_ufrag(offer_sdp),
                     shard,
+                    viewers: to.metrics.viewers.clone(),
                 },
             );
+            to.metrics.viewers.inc();
         }
         self.shared.routes.write().unwrap().by_ufrag.insert(
             answered.local_ufrag.clone(),
@@ -252,6 +328,7 @@ impl Engine {
             connected: false,
             known_addrs: Vec::new(),
             created: Instant::now(),
+            metrics: to.metrics,
         };
         if self.shards[shard]
             .send(ShardMsg::Add(Box::new(subscriber)))

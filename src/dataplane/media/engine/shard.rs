@@ -23,7 +23,7 @@ use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
-use crate::dataplane::metrics::Transport;
+use crate::dataplane::metrics::{ProcessMetrics, Transport};
 
 /// How long a new peer may take to connect before it is reaped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +98,8 @@ pub(super) struct Subscriber {
     pub(super) connected: bool,
     pub(super) known_addrs: Vec<SocketAddr>,
     pub(super) created: Instant,
+    /// Its process's series; media counts go in once per fan-out, through the shard.
+    pub(super) metrics: ProcessMetrics,
 }
 
 /// A USE-CANDIDATE binding request kept for replay. `rtc` 0.21's controlled agent ignores a
@@ -117,6 +119,8 @@ pub(super) struct Shard {
     pub(super) shared: Arc<Shared>,
     pub(super) peers: HashMap<SessionId, Subscriber>,
     pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
+    /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
+    pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
     pub(super) keyframe_cache: HashMap<StreamKey, Vec<Arc<MediaPacket>>>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
     pub(super) outbox: Outbox,
@@ -128,6 +132,12 @@ enum Verdict {
     Keep,
     JustConnected,
     Reap(&'static str),
+}
+
+/// What one [`flush`] did: the verdict, and the bytes it handed on for sending.
+struct Flushed {
+    verdict: Verdict,
+    bytes: u64,
 }
 
 impl Shard {
@@ -231,6 +241,7 @@ impl Shard {
             }
             ShardMsg::DropStream { stream, reply } => {
                 self.keyframe_cache.remove(&stream);
+                self.stream_metrics.remove(&stream);
                 let ids = self.by_stream.remove(&stream).unwrap_or_default();
                 let closed = ids
                     .iter()
@@ -253,6 +264,9 @@ impl Shard {
     fn add(&mut self, sub: Subscriber) {
         let id = sub.id.clone();
         let stream = sub.stream;
+        self.stream_metrics
+            .entry(stream)
+            .or_insert_with(|| sub.metrics.clone());
         self.peers.insert(id.clone(), sub);
         self.by_stream.entry(stream).or_default().push(id.clone());
         if self.shared.closed_streams.lock().unwrap().contains(&stream) {
@@ -320,16 +334,20 @@ impl Shard {
             return;
         };
         let now = Instant::now();
-        let mut forwarded = 0;
+        let (mut forwarded, mut bytes) = (0, 0);
         for id in ids {
             if let Some(sub) = self.peers.get_mut(id)
                 && sub.connected
             {
                 forwarded += sub.write_media(&packet, now) as u64;
-                flush(&self.shared, self.index, sub, &mut self.outbox);
+                bytes += flush(&self.shared, self.index, sub, &mut self.outbox).bytes;
             }
         }
         self.shared.metrics.rtp_packets_forwarded.inc_by(forwarded);
+        if let Some(metrics) = self.stream_metrics.get(&stream) {
+            metrics.packets.inc_by(forwarded);
+            metrics.bytes.inc_by(bytes);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -388,15 +406,18 @@ impl Shard {
         let Some(sub) = self.peers.get_mut(id) else {
             return;
         };
-        let verdict = flush(&self.shared, self.index, sub, &mut self.outbox);
-        match verdict {
+        let flushed = flush(&self.shared, self.index, sub, &mut self.outbox);
+        sub.metrics.bytes.inc_by(flushed.bytes);
+        match flushed.verdict {
             Verdict::Keep => {}
             Verdict::JustConnected => {
                 let transport = Transport::of(sub.last_protocol);
                 sub.transport = Some(transport);
                 sub.nomination = None;
                 self.shared.metrics.connected(transport).inc();
-                info!(session = %id, stream = sub.stream.0, ?transport, "subscriber connected");
+                let join = sub.created.elapsed();
+                sub.metrics.join_seconds.observe(join.as_secs_f64());
+                info!(session = %id, stream = sub.stream.0, ?transport, ?join, "subscriber connected");
                 let now = Instant::now();
                 if let Some(cache) = self.keyframe_cache.get(&sub.stream) {
                     let mut sent = 0;
@@ -404,8 +425,10 @@ impl Shard {
                         sent += sub.write_media(packet, now) as u64;
                     }
                     self.shared.metrics.rtp_packets_forwarded.inc_by(sent);
+                    sub.metrics.packets.inc_by(sent);
                 }
-                flush(&self.shared, self.index, sub, &mut self.outbox);
+                let flushed = flush(&self.shared, self.index, sub, &mut self.outbox);
+                sub.metrics.bytes.inc_by(flushed.bytes);
             }
             Verdict::Reap(reason) => {
                 self.reap(id, reason);
@@ -454,9 +477,11 @@ impl Subscriber {
 }
 
 /// Queues what the peer wants sent, learns its addresses, and reports state changes.
-fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Verdict {
+fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbox) -> Flushed {
+    let mut bytes = 0;
     while let Some(out) = sub.pc.poll_write() {
         let dest = out.transport.peer_addr;
+        let len = out.message.len() as u64;
         if out.transport.transport_protocol == TransportProtocol::TCP {
             // The connection the viewer opened from `dest`, else its newest one.
             let link = sub
@@ -465,8 +490,11 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
                 .find(|(addr, _)| *addr == dest)
                 .or(sub.tcp_links.last());
             let sent = link.is_some_and(|(_, link)| link.try_send(out.message).is_ok());
-            if !sent {
+            if sent {
+                bytes += len;
+            } else {
                 shared.metrics.tcp_send_dropped.inc();
+                sub.metrics.dropped.inc();
             }
             continue;
         }
@@ -480,6 +508,7 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
                 },
             );
         }
+        bytes += len;
         outbox.push(dest, out.message);
     }
     while sub.pc.poll_read().is_some() {}
@@ -503,5 +532,5 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
     {
         warn!(session = %sub.id, reason, "subscriber lost");
     }
-    verdict
+    Flushed { verdict, bytes }
 }
