@@ -5,16 +5,19 @@
 mod report;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
 use crate::entries::{self, StreamEntries};
+use crate::outage::{self, ApiBackoff, ApiOutage, WatchTrouble};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
@@ -37,7 +40,14 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
     let name = entries::configmap_name(&args.name);
     let (tx, mut specs) = mpsc::channel(8);
-    tokio::spawn(watch_stream_entries(configmaps, name.clone(), tx));
+    // One view of the API server for the watch and the reports: an outage is logged once.
+    let api = Arc::new(ApiOutage::default());
+    tokio::spawn(watch_stream_entries(
+        configmaps,
+        name.clone(),
+        tx,
+        api.clone(),
+    ));
     info!(configmap = %name, namespace = %args.namespace, "waiting for stream entries");
     let initial = specs
         .recv()
@@ -52,7 +62,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
             info!(%pod, "reporting the processes' state on the pod");
             Some(Box::new(move |subsystem| {
-                tokio::spawn(report::publish(pods, pod, subsystem));
+                tokio::spawn(report::publish(pods, pod, subsystem, api));
             }))
         }
         None => {
@@ -74,12 +84,22 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
 
 /// Sends the entries read from the ConfigMap on every change; a deleted ConfigMap means no
 /// processes (the resource is going away). Entries that do not parse are logged and skipped,
-/// leaving what runs untouched.
-async fn watch_stream_entries(api: Api<ConfigMap>, name: String, tx: mpsc::Sender<StreamEntries>) {
+/// leaving what runs untouched. While the API server is away, what runs keeps running.
+async fn watch_stream_entries(
+    configmaps: Api<ConfigMap>,
+    name: String,
+    tx: mpsc::Sender<StreamEntries>,
+    api: Arc<ApiOutage>,
+) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(api, config).boxed();
+    let mut events = watcher::watcher(configmaps, config)
+        .backoff(ApiBackoff::default())
+        .boxed();
     let mut last: Option<StreamEntries> = None;
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            api.recovered();
+        }
         let next = match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
                 match StreamEntries::decode(&cm.data.unwrap_or_default()) {
@@ -98,9 +118,13 @@ async fn watch_stream_entries(api: Api<ConfigMap>, name: String, tx: mpsc::Sende
                 None => continue,
             },
             Ok(Event::Init | Event::InitDone) => continue,
+            // Retried after the backoff.
             Err(e) => {
-                warn!(configmap = %name, "watch error (retrying): {e}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match outage::classify(&e) {
+                    WatchTrouble::Expired => debug!(configmap = %name, "watch expired: {e}"),
+                    WatchTrouble::Unavailable => api.failed("watch the stream entries", &e),
+                    WatchTrouble::Other => warn!(configmap = %name, "watch error (retrying): {e}"),
+                }
                 continue;
             }
         };

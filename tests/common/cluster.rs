@@ -190,9 +190,14 @@ impl Drop for Namespace {
 
 /// A WebRTCEgress with lavfi test-pattern processes (video + Opus audio).
 pub fn egress(name: &str, udp_port: u16, ids: &[&str]) -> String {
+    egress_replicas(name, udp_port, 1, ids)
+}
+
+/// [`egress`] with `replicas` egress pods.
+pub fn egress_replicas(name: &str, udp_port: u16, replicas: u32, ids: &[&str]) -> String {
     let mut yaml = format!(
         "apiVersion: webrtc.dragonfork.io/v1alpha1\nkind: WebRTCEgress\nmetadata:\n  name: {name}\n\
-         spec:\n  replicas: 1\n  webrtc:\n    udpPort: {udp_port}\n  processes:\n"
+         spec:\n  replicas: {replicas}\n  webrtc:\n    udpPort: {udp_port}\n  processes:\n"
     );
     for id in ids {
         yaml.push_str(&format!(
@@ -454,6 +459,8 @@ impl Operator {
 /// address for media, as pods have their own IPs.
 pub struct Agent {
     pub proc: Proc,
+    /// Base URL of its HTTP port (WHEP, /api/v1/streams).
+    pub http: String,
 }
 
 impl Agent {
@@ -483,6 +490,7 @@ impl Agent {
         }
         Agent {
             proc: Proc::spawn_with_env(&format!("agent-{pod}"), &args, &extra_env),
+            http: format!("http://{listen}"),
         }
     }
 
