@@ -30,9 +30,9 @@ const QUIET: Duration = Duration::from_secs(20);
 /// report of the new process starting and running; a re-list that rewrote everything, or a
 /// retry storm, costs many more.
 const MAX_WRITES_AFTER_RECOVERY: usize = 25;
-/// Warnings and errors one process may log over the whole outage: one when the API goes away
-/// (per watch or writer that notices), not one per retry.
-const MAX_OUTAGE_LOG_LINES: usize = 4;
+/// Warnings and errors one process may log over the whole outage: one when the API goes away,
+/// not one per retry (nor per watch).
+const MAX_OUTAGE_LOG_LINES: usize = 1;
 
 /// The cluster's directory (what `tests/cluster/up DIR` made).
 fn cluster_dir() -> PathBuf {
@@ -108,11 +108,12 @@ impl GapWatch {
     }
 }
 
-/// Lines of `log` from byte `from` on that are warnings or errors.
+/// Lines of `log` from byte `from` on that are warnings or errors, without colours.
 fn warnings_since(log: &std::path::Path, from: usize) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.get(from..)
-        .unwrap_or_default()
+    let ansi = regex::Regex::new("\x1b\\[[0-9;]*m").unwrap();
+    let plain = ansi.replace_all(text.get(from..).unwrap_or_default(), "");
+    plain
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
         .map(str::to_owned)
@@ -315,9 +316,10 @@ async fn outage_of(name: &'static str) {
     for (viewer, gap) in viewers.iter().zip(&largest_gaps) {
         let stats = viewer.stats();
         assert!(!stats.closed_by_server, "a viewer was cut");
-        // Media flows at 15 fps plus 50 audio packets a second: anything near a second means
-        // the data plane stalled on the control plane.
-        assert!(*gap < Duration::from_secs(2), "media stopped for {gap:?}");
+        // Media flows at 15 fps plus 50 audio packets a second. A data plane that waited on
+        // the control plane would stall for the whole minute; the bound leaves room for a
+        // loaded machine (gaps of 0.1-1.1 s were seen at load 23 on 2 cores).
+        assert!(*gap < Duration::from_secs(5), "media stopped for {gap:?}");
     }
     let ffmpeg_after: Vec<Vec<u32>> = agents.iter().map(Agent::ffmpeg_pids).collect();
     for (before, after) in ffmpeg_before.iter().zip(&ffmpeg_after) {
