@@ -879,3 +879,177 @@ fn scale_500_resources_benchmark() {
     );
     assert_eq!(writes_q, writes, "writes during the quiet minute");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tests: scaling, capacity and drain
+
+#[test]
+fn kubectl_scale_and_an_autoscaler_drive_the_replicas() {
+    let ns = Namespace::new("scale");
+    let _op = Operator::start(&ns, None);
+    ns.apply(&egress("studio", free_udp_port(), &["cam1"]));
+    wait_converged(&ns, "studio", &["cam1"]);
+
+    kubectl(&["scale", "-n", &ns.0, "wegress/studio", "--replicas=3"]);
+    let obj = wait_for(CONVERGE, "3 replicas in the status", || {
+        let obj = ns.get("wegress", "studio")?;
+        let status = &obj["status"];
+        (status["replicas"] == 3 && status["readyReplicas"] == 3).then_some(obj)
+    });
+    assert_eq!(obj["spec"]["replicas"], 3);
+    let deployment = ns.get("deployment", "studio-egress").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let scale = kubectl_json(&["get", "-n", &ns.0, "wegress/studio", "--subresource=scale"]);
+    assert_eq!(scale["kind"], "Scale", "{scale}");
+    assert_eq!(scale["spec"]["replicas"], 3, "{scale}");
+    assert_eq!(scale["status"]["replicas"], 3, "{scale}");
+    let selector = scale["status"]["selector"].as_str().unwrap_or_default();
+    assert!(
+        selector.contains("app.kubernetes.io/instance=studio"),
+        "{scale}"
+    );
+    // The selector finds exactly the egress pods.
+    let pods = kubectl_json(&["get", "pods", "-n", &ns.0, "-l", selector]);
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(3));
+
+    // An autoscaler can drive it: the controller-manager's HPA reads and writes the scale
+    // subresource (AbleToScale); with no metrics server here it cannot compute a target.
+    ns.apply(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: studio\n\
+         spec:\n  scaleTargetRef:\n    apiVersion: webrtc.dragonfork.io/v1alpha1\n    \
+         kind: WebRTCEgress\n    name: studio\n  minReplicas: 1\n  maxReplicas: 4\n  metrics:\n  \
+         - type: Resource\n    resource:\n      name: cpu\n      target:\n        \
+         type: Utilization\n        averageUtilization: 70\n",
+    );
+    // The controller-manager learns of a CRD installed after it started on its next discovery
+    // refresh, so a first FailedGetScale may come before True.
+    let mut last = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(hpa) = ns.get("hpa", "studio")
+            && let Some(able) = hpa["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "AbleToScale"))
+        {
+            last = able.clone();
+        }
+        if last["status"] == "True" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "HPA never AbleToScale: {last}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("HPA: {last}");
+    // Scaling in through the subresource reaches the pods as well.
+    kubectl(&["scale", "-n", &ns.0, "wegress/studio", "--replicas=2"]);
+    wait_for(CONVERGE, "2 replicas in the status", || {
+        let obj = ns.get("wegress", "studio")?;
+        (obj["status"]["replicas"] == 2).then_some(())
+    });
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+async fn refused_with(url: &str) -> String {
+    subscribe(ViewerOptions::new(url))
+        .await
+        .err()
+        .expect("the viewer is refused")
+        .to_string()
+}
+
+async fn keeps_playing(viewer: &webrtc_egress::client::Viewer, seconds: u32) {
+    for _ in 0..seconds {
+        let before = viewer.stats().media_packets();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = viewer.stats().media_packets();
+        assert!(after > before + 10, "media stalled: {before} -> {after}");
+        assert!(!viewer.stats().closed_by_server);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_agent_sends_newcomers_to_its_peer_and_a_draining_agent_keeps_its_viewer() {
+    let ns = Namespace::new("capacity");
+    let _op = Operator::start(&ns, None);
+    let udp = free_udp_port();
+    let yaml = egress("studio", udp, &["cam1"])
+        .replace("replicas: 1", "replicas: 2")
+        .replace("spec:\n", "spec:\n  limits:\n    maxViewersPerPod: 2\n");
+    ns.apply(&yaml);
+    let pods = ready_pods(&ns, "studio", 2);
+    let a = Agent::start_with(&ns, "studio", &pods[0], "127.0.0.1", None, &[]);
+    let mut b = Agent::start_with(
+        &ns,
+        "studio",
+        &pods[1],
+        "127.0.0.2",
+        None,
+        &["--drain-seconds=600"],
+    );
+    wait_for(CONVERGE, "cam1 live on both pods", || {
+        let obj = ns.get("wegress", "studio")?;
+        (stream(&obj, "cam1")?["readyPods"] == "2/2").then_some(())
+    });
+    let (url_a, url_b) = (
+        format!("{}/whep/cam1", a.base),
+        format!("{}/whep/cam1", b.base),
+    );
+
+    // Agent a takes two viewers — the cap that came from the resource through the operator —
+    // then refuses the third and reports not-ready, so the Service stops sending it newcomers.
+    let first = common::playing_viewer(url_a.clone()).await;
+    let second = common::playing_viewer(url_a.clone()).await;
+    let refused = refused_with(&url_a).await;
+    println!("third viewer on the full agent: {refused}");
+    assert!(
+        refused.contains("503") && refused.contains("limit of 2 viewers"),
+        "{refused}"
+    );
+    let (status, reason) = get_text(&format!("{}/readyz", a.base)).await;
+    assert_eq!((status, reason.trim()), (503, "full: 2/2 viewers"));
+    assert_eq!(get_text(&format!("{}/readyz", b.base)).await.0, 200);
+    // The newcomer lands on the agent with room; a's viewers play on.
+    let third = common::playing_viewer(url_b.clone()).await;
+    keeps_playing(&first, 2).await;
+    keeps_playing(&second, 2).await;
+
+    // Agent b is terminated (a rollout): it turns not-ready, refuses new viewers at once, and
+    // keeps its viewer for as long as it stays.
+    b.proc.terminate();
+    let terminated = Instant::now();
+    let readyz = format!("{}/readyz", b.base);
+    let draining = common::wait_until(Duration::from_secs(10), "b not ready", || async {
+        let (status, body) = get_text(&readyz).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(draining.contains("draining"), "{draining}");
+    let refused = refused_with(&url_b).await;
+    println!("new viewer on the draining agent: {refused}");
+    assert!(
+        refused.contains("503") && refused.contains("draining"),
+        "{refused}"
+    );
+    keeps_playing(&third, 5).await;
+    assert!(b.proc.running(), "b left before its viewer did");
+    println!(
+        "drained viewer kept playing {:?} after SIGTERM",
+        terminated.elapsed()
+    );
+    // Its last viewer leaves: b exits now, not at the end of its 600 s drain.
+    assert_eq!(third.delete().await.unwrap(), 200);
+    let left = Instant::now();
+    let status = common::wait_until(Duration::from_secs(15), "b exits", || {
+        let status = b.proc.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    println!("b exited {:?} after its last viewer left", left.elapsed());
+    assert!(status.success(), "{status}");
+    first.close().await;
+    second.close().await;
+}

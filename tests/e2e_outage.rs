@@ -234,7 +234,7 @@ async fn outage_of(name: &'static str) {
     }
     let mut viewers = vec![];
     for agent in &agents {
-        let viewer = subscribe(ViewerOptions::new(format!("{}/whep/cam1", agent.http)))
+        let viewer = subscribe(ViewerOptions::new(format!("{}/whep/cam1", agent.base)))
             .await
             .expect("subscribe");
         viewer
@@ -277,11 +277,11 @@ async fn outage_of(name: &'static str) {
     }
     let deadline = Instant::now() + CONVERGE;
     for agent in &agents {
-        while !live_on(&agent.http, "cam2").await {
+        while !live_on(&agent.base, "cam2").await {
             assert!(
                 Instant::now() < deadline,
                 "cam2 never live on {}:\n{}",
-                agent.http,
+                agent.base,
                 agent.proc.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -229,7 +229,7 @@ fn test_media(video: VideoMode) -> ProcessMedia {
 
 fn targets(video: &UdpSocket, audio: &UdpSocket) -> RtpTargets {
     RtpTargets {
-        video: video.local_addr().unwrap(),
+        video: vec![video.local_addr().unwrap()],
         audio: Some(audio.local_addr().unwrap()),
     }
 }

@@ -25,7 +25,10 @@ pub use manifest::{ManifestError, load_manifest, parse_manifest};
 pub use quantity::quantity_value;
 pub use validate::{FieldError, ValidationErrors, validate};
 
-use schema::{conditions_schema, require_ip, require_ip_items, resources_schema};
+use schema::{
+    conditions_schema, renditions_rules, require_ip, require_ip_items, resources_schema,
+    video_rules,
+};
 
 /// `apiVersion` of every `WebRTCEgress` manifest.
 pub const API_VERSION: &str = "webrtc.dragonfork.io/v1alpha1";
@@ -55,6 +58,10 @@ const ICE_URL_PATTERN: &str = "^(stun|stuns|turn|turns):.+";
 const ICE_URL_SCHEMES: [&str; 4] = ["stun:", "stuns:", "turn:", "turns:"];
 const VIDEO_BITRATE_KBPS: (u32, u32) = (100, 50_000);
 const AUDIO_BITRATE_KBPS: (u32, u32) = (16, 512);
+/// A ladder costs one encode per rendition; four covers 1080p down to mobile.
+const MAX_RENDITIONS: usize = 4;
+const RENDITION_NAME_MAX_LEN: usize = 15;
+const RENDITION_HEIGHT: (u32, u32) = (90, 2160);
 
 /// Desired state of a set of egress pods, each of which serves every process over WHEP.
 // Clippy reads two printer columns of the same type as a duplicated attribute.
@@ -371,6 +378,7 @@ pub struct InputSpec {
 /// Video output of a process.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Default)]
 #[serde(rename_all = "camelCase", default)]
+#[schemars(transform = video_rules)]
 pub struct VideoSpec {
     pub codec: VideoCodec,
     pub mode: VideoMode,
@@ -379,6 +387,31 @@ pub struct VideoSpec {
     #[schemars(range(min = VIDEO_BITRATE_KBPS.0, max = VIDEO_BITRATE_KBPS.1))]
     #[schemars(extend("format" = "int32"))]
     pub bitrate_kbps: Option<u32>,
+    /// A quality ladder: one FFmpeg decodes once and encodes each rendition, keyframe-aligned;
+    /// each viewer gets the best one its network carries, switched at keyframes. Ordered by
+    /// bitrate (either way, no two alike); `transcode` only, instead of `bitrateKbps`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_RENDITIONS), transform = renditions_rules)]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"]
+    ))]
+    pub renditions: Vec<RenditionSpec>,
+}
+
+/// One rung of a quality ladder; the width follows the input's aspect ratio.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RenditionSpec {
+    /// What viewers pin with `?rendition=NAME`: a DNS-1123 label.
+    #[schemars(length(max = RENDITION_NAME_MAX_LEN), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Picture height in pixels.
+    #[schemars(range(min = RENDITION_HEIGHT.0, max = RENDITION_HEIGHT.1), extend("format" = "int32"))]
+    pub height: u32,
+    #[schemars(range(min = VIDEO_BITRATE_KBPS.0, max = VIDEO_BITRATE_KBPS.1))]
+    #[schemars(extend("format" = "int32"))]
+    pub bitrate_kbps: u32,
 }
 
 /// Video codec sent to players; H.264 is the one every browser decodes over WebRTC.
@@ -471,6 +504,9 @@ pub struct StreamStatus {
     /// Which pods the process is not live on, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The process's renditions in ladder order (`hd 720p 2500 kbit/s`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<String>,
 }
 
 impl WebRTCEgress {

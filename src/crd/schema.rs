@@ -23,6 +23,36 @@ pub(super) fn require_ip_items(schema: &mut Schema) {
     }
 }
 
+/// Renditions: ordered by bitrate, up or down, with no two bitrates alike (`isSorted` is in
+/// Kubernetes' CEL list library since 1.28).
+pub(super) fn renditions_rules(schema: &mut Schema) {
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "size(self) < 2 || (self.all(a, self.exists_one(b, b.bitrateKbps == a.bitrateKbps)) \
+                     && (self.map(r, r.bitrateKbps).isSorted() || self.map(r, -r.bitrateKbps).isSorted()))",
+            "message": RENDITIONS_ORDER_MESSAGE,
+        }]),
+    );
+}
+
+pub(super) const RENDITIONS_ORDER_MESSAGE: &str =
+    "renditions must be ordered by bitrateKbps (ascending or descending), no two alike";
+pub(super) const RENDITIONS_MODE_MESSAGE: &str =
+    "renditions need mode transcode, and replace bitrateKbps";
+
+/// Video: a ladder is encoded by us, so it excludes passthrough and a single `bitrateKbps`.
+pub(super) fn video_rules(schema: &mut Schema) {
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "!has(self.renditions) || size(self.renditions) == 0 || \
+                     ((!has(self.mode) || self.mode == 'transcode') && !has(self.bitrateKbps))",
+            "message": RENDITIONS_MODE_MESSAGE,
+        }]),
+    );
+}
+
 /// `metav1.Condition` as the API server defines it (k8s-openapi's own schema needs a feature
 /// this crate does not enable), kept as a map keyed by `type` so that each condition is merged
 /// and owned on its own.

@@ -113,6 +113,7 @@ pub fn validate(spec: &WebRTCEgressSpec) -> Result<(), ValidationErrors> {
                 &mut errors,
             );
         }
+        validate_renditions(&process.video, &format!("{path}.video"), &mut errors);
         check_range(
             &format!("{path}.maxViewers"),
             process.max_viewers,
@@ -218,6 +219,59 @@ fn ip_error(text: &str) -> Option<String> {
         )),
         Ok(_) => None,
         Err(_) => Some(format!("{text} is not an IP address")),
+    }
+}
+
+fn validate_renditions(video: &VideoSpec, path: &str, errors: &mut Vec<FieldError>) {
+    let renditions = &video.renditions;
+    if renditions.is_empty() {
+        return;
+    }
+    if video.mode != VideoMode::Transcode || video.bitrate_kbps.is_some() {
+        errors.push(FieldError::new(path, schema::RENDITIONS_MODE_MESSAGE));
+    }
+    let path = format!("{path}.renditions");
+    if renditions.len() > MAX_RENDITIONS {
+        errors.push(FieldError::new(
+            &path,
+            format!("at most {MAX_RENDITIONS} renditions are allowed"),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, rendition) in renditions.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if !is_dns_label(&rendition.name) || rendition.name.len() > RENDITION_NAME_MAX_LEN {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a DNS-1123 label of at most {RENDITION_NAME_MAX_LEN} characters",
+                    rendition.name
+                ),
+            ));
+        } else if !names.insert(rendition.name.as_str()) {
+            errors.push(FieldError::new(
+                &at,
+                format!("duplicate rendition name {:?}", rendition.name),
+            ));
+        }
+        check_range(
+            &format!("{at}.height"),
+            Some(rendition.height),
+            RENDITION_HEIGHT,
+            errors,
+        );
+        check_range(
+            &format!("{at}.bitrateKbps"),
+            Some(rendition.bitrate_kbps),
+            VIDEO_BITRATE_KBPS,
+            errors,
+        );
+    }
+    let rates: Vec<u32> = renditions.iter().map(|r| r.bitrate_kbps).collect();
+    let up = rates.windows(2).all(|w| w[0] < w[1]);
+    let down = rates.windows(2).all(|w| w[0] > w[1]);
+    if !up && !down {
+        errors.push(FieldError::new(&path, schema::RENDITIONS_ORDER_MESSAGE));
     }
 }
 

@@ -48,12 +48,22 @@ pub struct Input {
 }
 
 /// How the video track is produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VideoMode {
     /// Re-encode to constrained-baseline H.264, which every browser decodes over WebRTC.
     Transcode { bitrate_kbps: u32 },
     /// Forward the input's H.264 as is (FFmpeg fails if the input is not H.264).
     Passthrough,
+    /// One encode per rung from the one decode, each its own RTP leg, keyframes at the same
+    /// instants in every leg so a viewer can switch between them at any keyframe.
+    Ladder(Vec<Rung>),
+}
+
+/// One rendition of a ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rung {
+    pub height: u32,
+    pub bitrate_kbps: u32,
 }
 
 /// Opus encoding of the audio track.
@@ -72,9 +82,10 @@ pub struct ProcessMedia {
 }
 
 /// Local UDP addresses of the process's Sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtpTargets {
-    pub video: SocketAddr,
+    /// One per video leg: a single one, or one per rung of a ladder, in ladder order.
+    pub video: Vec<SocketAddr>,
     pub audio: Option<SocketAddr>,
 }
 
@@ -100,55 +111,39 @@ pub fn build_args(media: &ProcessMedia, targets: &RtpTargets) -> Vec<String> {
         args.push(input.address.clone());
     }
 
-    args.extend(strings(&["-an", "-sn", "-dn"]));
-    match media.video {
+    match &media.video {
         VideoMode::Transcode { bitrate_kbps } => {
-            let rate = format!("{bitrate_kbps}k");
-            // Constrained baseline (SPS profile bytes 42c01f), no B-frames: what the answer's
-            // profile-level-id=42e01f promises. A keyframe every second of media time (not
-            // every N frames) bounds join time whatever the input frame rate, and
-            // repeat-headers puts SPS/PPS before every IDR so a joiner can decode it.
-            // A one-second VBV keeps the bitrate smooth for low latency.
-            args.extend(strings(&[
-                "-c:v",
-                "libx264",
-                "-profile:v",
-                "baseline",
-                "-level:v",
-                "3.1",
-                "-pix_fmt",
-                "yuv420p",
-                "-preset",
-                "veryfast",
-                "-tune",
-                "zerolatency",
-                "-bf",
-                "0",
-                "-b:v",
-                &rate,
-                "-maxrate",
-                &rate,
-                "-bufsize",
-                &rate,
-                "-force_key_frames",
-                "expr:gte(t,n_forced*1)",
-                "-x264-params",
-                "repeat-headers=1",
-            ]));
+            args.extend(strings(&["-an", "-sn", "-dn"]));
+            args.extend(x264_args(*bitrate_kbps, "repeat-headers=1"));
+            push_rtp_output(&mut args, VIDEO_PAYLOAD_TYPE, targets.video[0]);
+        }
+        VideoMode::Ladder(rungs) => {
+            // Every output reads the same decoded frames (FFmpeg decodes an input stream once)
+            // through its own scaler. Keyframes are forced on the same media times in every
+            // leg, and scene-cut keyframes are off so that no leg adds its own.
+            for (rung, target) in rungs.iter().zip(&targets.video) {
+                args.extend(strings(&["-an", "-sn", "-dn"]));
+                args.extend(["-vf".into(), format!("scale=-2:{}", rung.height)]);
+                args.extend(x264_args(rung.bitrate_kbps, "repeat-headers=1:scenecut=0"));
+                push_rtp_output(&mut args, VIDEO_PAYLOAD_TYPE, *target);
+            }
         }
         VideoMode::Passthrough => {
             // dump_extra alone corrupts length-prefixed H.264 (RTMP/FLV, MP4): it prepends
             // avcC bytes to each keyframe. Converting to Annex B first makes it insert real
             // SPS/PPS before every keyframe, for inputs that send them only once.
             args.extend(strings(&[
+                "-an",
+                "-sn",
+                "-dn",
                 "-c:v",
                 "copy",
                 "-bsf:v",
                 "h264_mp4toannexb,dump_extra=freq=keyframe",
             ]));
+            push_rtp_output(&mut args, VIDEO_PAYLOAD_TYPE, targets.video[0]);
         }
     }
-    push_rtp_output(&mut args, VIDEO_PAYLOAD_TYPE, targets.video);
 
     if let (Some(audio), Some(target)) = (media.audio, targets.audio) {
         let rate = format!("{}k", audio.bitrate_kbps);
@@ -172,6 +167,42 @@ pub fn build_args(media: &ProcessMedia, targets: &RtpTargets) -> Vec<String> {
         push_rtp_output(&mut args, AUDIO_PAYLOAD_TYPE, target);
     }
     args
+}
+
+/// One H.264 encode at `bitrate_kbps`.
+///
+/// Constrained baseline (SPS profile bytes 42c01f), no B-frames: what the answer's
+/// profile-level-id=42e01f promises. A keyframe every second of media time (not every N frames)
+/// bounds join time whatever the input frame rate, and repeat-headers puts SPS/PPS before every
+/// IDR so a joiner can decode it. A one-second VBV keeps the bitrate smooth for low latency.
+fn x264_args(bitrate_kbps: u32, x264_params: &str) -> Vec<String> {
+    let rate = format!("{bitrate_kbps}k");
+    strings(&[
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-level:v",
+        "3.1",
+        "-pix_fmt",
+        "yuv420p",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+        "-bf",
+        "0",
+        "-b:v",
+        &rate,
+        "-maxrate",
+        &rate,
+        "-bufsize",
+        &rate,
+        "-force_key_frames",
+        "expr:gte(t,n_forced*1)",
+        "-x264-params",
+        x264_params,
+    ])
 }
 
 /// Ends an output leg: RTP to `target`.
@@ -690,7 +721,7 @@ mod tests {
 
     fn targets(audio: bool) -> RtpTargets {
         RtpTargets {
-            video: "127.0.0.1:5000".parse().unwrap(),
+            video: vec!["127.0.0.1:5000".parse().unwrap()],
             audio: audio.then(|| "127.0.0.1:5002".parse().unwrap()),
         }
     }
@@ -723,6 +754,48 @@ mod tests {
         );
         // The lavfi expression is one argument, not split by a shell.
         assert!(args.contains(&"expr:gte(t,n_forced*1)".to_owned()));
+    }
+
+    #[test]
+    fn a_ladder_is_one_keyframe_aligned_encode_per_rung_from_one_decode() {
+        let rungs = vec![
+            Rung {
+                height: 720,
+                bitrate_kbps: 2500,
+            },
+            Rung {
+                height: 360,
+                bitrate_kbps: 600,
+            },
+        ];
+        let targets = RtpTargets {
+            video: vec![
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.0.1:5004".parse().unwrap(),
+            ],
+            audio: None,
+        };
+        let args = line(&build_args(
+            &media(VideoMode::Ladder(rungs), None),
+            &targets,
+        ));
+        // Inputs appear once (one decode); each leg scales, encodes and goes to its own port.
+        assert_eq!(args.matches(" -i ").count(), 2, "{args}");
+        let legs: Vec<&str> = args.split("-an -sn -dn ").skip(1).collect();
+        assert_eq!(legs.len(), 2, "{args}");
+        for (leg, (height, rate, port)) in legs.iter().zip([(720, 2500, 5000), (360, 600, 5004)]) {
+            assert!(
+                leg.starts_with(&format!("-vf scale=-2:{height} -c:v libx264")),
+                "{leg}"
+            );
+            assert!(leg.contains(&format!("-b:v {rate}k")), "{leg}");
+            assert!(
+                leg.contains("-force_key_frames expr:gte(t,n_forced*1)"),
+                "{leg}"
+            );
+            assert!(leg.contains("repeat-headers=1:scenecut=0"), "{leg}");
+            assert!(leg.contains(&format!("rtp://127.0.0.1:{port}?")), "{leg}");
+        }
     }
 
     #[test]
@@ -803,7 +876,7 @@ mod tests {
     #[test]
     fn ipv6_target() {
         let t = RtpTargets {
-            video: "[::1]:6000".parse().unwrap(),
+            video: vec!["[::1]:6000".parse().unwrap()],
             audio: None,
         };
         let args = build_args(&media(VideoMode::Passthrough, None), &t);

@@ -59,6 +59,27 @@ struct ProcessFamilies {
     dropped: Family<ProcessLabels, Counter>,
     restarts: Family<ProcessLabels, Counter>,
     join: Family<ProcessLabels, Histogram, fn() -> Histogram>,
+    rendition_viewers: Family<RenditionLabels, Gauge>,
+    switches: Family<SwitchLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenditionLabels {
+    pub process: String,
+    pub rendition: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    up,
+    down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchLabels {
+    pub process: String,
+    pub direction: Direction,
 }
 
 impl Default for ProcessFamilies {
@@ -70,6 +91,8 @@ impl Default for ProcessFamilies {
             dropped: Family::default(),
             restarts: Family::default(),
             join: Family::new_with_constructor(join_histogram),
+            rendition_viewers: Family::default(),
+            switches: Family::default(),
         }
     }
 }
@@ -94,6 +117,10 @@ pub struct ProcessMetrics {
     pub ffmpeg_restarts: Counter,
     /// Seconds from POST to connected, per viewer.
     pub join_seconds: Histogram,
+    /// Connected viewers on each rendition, in ladder order (empty without a ladder).
+    pub rendition_viewers: Vec<Gauge>,
+    pub switches_up: Counter,
+    pub switches_down: Counter,
 }
 
 impl Default for Metrics {
@@ -264,6 +291,9 @@ impl Default for ProcessMetrics {
             dropped: Counter::default(),
             ffmpeg_restarts: Counter::default(),
             join_seconds: join_histogram(),
+            rendition_viewers: Vec::new(),
+            switches_up: Counter::default(),
+            switches_down: Counter::default(),
         }
     }
 }
@@ -300,17 +330,52 @@ impl ProcessFamilies {
             "seconds from WHEP POST to connected, per process",
             self.join.clone(),
         );
+        registry.register(
+            "rendition_viewers",
+            "connected viewers per rendition of a process's ladder",
+            self.rendition_viewers.clone(),
+        );
+        registry.register(
+            "rendition_switches",
+            "rendition switches of a process's viewers, up or down",
+            self.switches.clone(),
+        );
     }
 }
 
 impl Metrics {
-    /// The series of process `id`, created on first use.
-    pub fn process(&self, id: &str) -> ProcessMetrics {
+    /// The series of process `id` (with `renditions`, its ladder's names), created on first
+    /// use.
+    pub fn process(&self, id: &str, renditions: &[String]) -> ProcessMetrics {
         let labels = ProcessLabels {
             process: id.to_owned(),
         };
         let f = &self.processes;
+        let switch = |direction| {
+            let labels = SwitchLabels {
+                process: id.to_owned(),
+                direction,
+            };
+            f.switches.get_or_create(&labels).clone()
+        };
+        let (switches_up, switches_down) = if renditions.is_empty() {
+            (Counter::default(), Counter::default())
+        } else {
+            (switch(Direction::up), switch(Direction::down))
+        };
         ProcessMetrics {
+            rendition_viewers: renditions
+                .iter()
+                .map(|name| {
+                    let labels = RenditionLabels {
+                        process: id.to_owned(),
+                        rendition: name.clone(),
+                    };
+                    f.rendition_viewers.get_or_create(&labels).clone()
+                })
+                .collect(),
+            switches_up,
+            switches_down,
             viewers: f.viewers.get_or_create(&labels).clone(),
             packets: f.packets.get_or_create(&labels).clone(),
             bytes: f.bytes.get_or_create(&labels).clone(),
@@ -321,7 +386,19 @@ impl Metrics {
     }
 
     /// Drops process `id`'s series, so that a removed process leaves `/metrics`.
-    pub fn forget_process(&self, id: &str) {
+    pub fn forget_process(&self, id: &str, renditions: &[String]) {
+        for name in renditions {
+            self.processes.rendition_viewers.remove(&RenditionLabels {
+                process: id.to_owned(),
+                rendition: name.clone(),
+            });
+        }
+        for direction in [Direction::up, Direction::down] {
+            self.processes.switches.remove(&SwitchLabels {
+                process: id.to_owned(),
+                direction,
+            });
+        }
         let labels = ProcessLabels {
             process: id.to_owned(),
         };

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::crd::{ProcessSpec, VideoMode};
+use crate::crd::{ProcessSpec, RenditionSpec, VideoMode};
 use crate::dataplane::ffmpeg::{self, ProcessState, ProcessStatus, Supervisor, SupervisorConfig};
 use crate::dataplane::media::{Engine, MediaPacket, Source, StreamKey, TrackKind};
 use crate::dataplane::metrics::{Metrics, ProcessMetrics};
@@ -58,7 +58,8 @@ impl Default for SubsystemConfig {
 struct Stream {
     key: StreamKey,
     spec: ProcessSpec,
-    video: Arc<Source>,
+    /// One per video leg: the only one, or each rendition of the ladder in its order.
+    video: Vec<Arc<Source>>,
     audio: Option<Arc<Source>>,
     supervisor: Arc<Supervisor>,
     metrics: ProcessMetrics,
@@ -69,8 +70,11 @@ struct Stream {
 pub struct StreamHandle {
     pub id: String,
     pub key: StreamKey,
+    /// The top (or only) video leg: the one liveness is read from.
     pub video: Arc<Source>,
     pub audio: Option<Arc<Source>>,
+    /// The ladder in its order (index = `MediaPacket::rendition`); empty without one.
+    pub renditions: Vec<RenditionSpec>,
     pub status: watch::Receiver<ProcessStatus>,
     /// `maxViewers` of the process, if it has one.
     pub max_viewers: Option<usize>,
@@ -96,6 +100,9 @@ pub struct StreamInfo {
     /// FFmpeg's pid while it runs.
     pub pid: Option<u32>,
     pub subscribers: usize,
+    /// The ladder, if any: what `?rendition=` takes and the player shows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<RenditionSpec>,
     pub video_packets: u64,
     pub audio_packets: Option<u64>,
 }
@@ -133,8 +140,9 @@ impl Subsystem {
         streams.get(id).map(|s| StreamHandle {
             id: id.to_owned(),
             key: s.key,
-            video: s.video.clone(),
+            video: s.video[0].clone(),
             audio: s.audio.clone(),
+            renditions: s.spec.video.renditions.clone(),
             status: s.supervisor.status(),
             max_viewers: s.spec.max_viewers.map(|n| n as usize),
             metrics: s.metrics.clone(),
@@ -177,12 +185,13 @@ impl Subsystem {
                     id: id.clone(),
                     whep_path: s.spec.whep_path(),
                     state: status.state,
-                    live: s.video.is_live(LIVE_WINDOW),
+                    live: s.video[0].is_live(LIVE_WINDOW),
                     last_error: status.last_error,
                     restarts: status.restarts,
                     pid: status.pid,
                     subscribers: self.engine.subscribers_of(s.key),
-                    video_packets: s.video.packets(),
+                    renditions: s.spec.video.renditions.clone(),
+                    video_packets: s.video[0].packets(),
                     audio_packets: s.audio.as_ref().map(|a| a.packets()),
                 }
             })
@@ -226,14 +235,18 @@ impl Subsystem {
             return Err(SubsystemError::Closed);
         }
         let key = StreamKey::next();
-        let metrics = self.config.metrics.process(&spec.id);
+        let metrics = self
+            .config
+            .metrics
+            .process(&spec.id, &rendition_names(&spec));
         let supervisor_slot: Arc<OnceLock<Arc<Supervisor>>> = Arc::default();
-        let bind = |kind| {
+        let bind = |kind, rendition| {
             let engine = self.engine.clone();
             let slot = supervisor_slot.clone();
             let dropped = metrics.dropped.clone();
             Source::bind(
                 kind,
+                rendition,
                 Arc::new(move |packet: Arc<MediaPacket>| engine.dispatch(key, packet, &dropped)),
                 Arc::new(move || {
                     if let Some(supervisor) = slot.get() {
@@ -246,15 +259,21 @@ impl Subsystem {
             id: spec.id.clone(),
             source,
         };
-        let video = Arc::new(bind(TrackKind::Video).await.map_err(port_error)?);
+        let mut video = Vec::new();
+        for rendition in 0..spec.video.renditions.len().max(1) {
+            let source = bind(TrackKind::Video, rendition as u8).await;
+            video.push(Arc::new(source.map_err(port_error)?));
+        }
         let audio = match spec.audio {
-            Some(_) => Some(Arc::new(bind(TrackKind::Audio).await.map_err(port_error)?)),
+            Some(_) => Some(Arc::new(
+                bind(TrackKind::Audio, 0).await.map_err(port_error)?,
+            )),
             None => None,
         };
         let args = ffmpeg::build_args(
             &ffmpeg_media(&spec),
             &ffmpeg::RtpTargets {
-                video: video.addr(),
+                video: video.iter().map(|v| v.addr()).collect(),
                 audio: audio.as_ref().map(|a| a.addr()),
             },
         );
@@ -271,7 +290,7 @@ impl Subsystem {
                 metrics.ffmpeg_restarts.clone(),
             ],
         ));
-        info!(process = %spec.id, video = %video.addr(), "process started");
+        info!(process = %spec.id, video = %video[0].addr(), legs = video.len(), "process started");
         let replaced = self.streams.lock().unwrap().insert(
             spec.id.clone(),
             Stream {
@@ -309,8 +328,11 @@ impl Subsystem {
         };
         if let Some(stream) = removed {
             self.changed();
+            let stream_spec = stream.spec.clone();
             close_stream(stream).await;
-            self.config.metrics.forget_process(id);
+            self.config
+                .metrics
+                .forget_process(id, &rendition_names(&stream_spec));
             info!(process = %id, "process stopped");
         }
         true
@@ -358,10 +380,20 @@ async fn forward_changes(
 
 async fn close_stream(stream: Stream) {
     stream.supervisor.stop().await;
-    stream.video.close().await;
+    for video in &stream.video {
+        video.close().await;
+    }
     if let Some(audio) = &stream.audio {
         audio.close().await;
     }
+}
+
+fn rendition_names(spec: &ProcessSpec) -> Vec<String> {
+    spec.video
+        .renditions
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// Maps a process to FFmpeg's view of it.
@@ -376,6 +408,16 @@ fn ffmpeg_media(spec: &ProcessSpec) -> ffmpeg::ProcessMedia {
             })
             .collect(),
         video: match spec.video.mode {
+            VideoMode::Transcode if !spec.video.renditions.is_empty() => ffmpeg::VideoMode::Ladder(
+                spec.video
+                    .renditions
+                    .iter()
+                    .map(|r| ffmpeg::Rung {
+                        height: r.height,
+                        bitrate_kbps: r.bitrate_kbps,
+                    })
+                    .collect(),
+            ),
             VideoMode::Transcode => ffmpeg::VideoMode::Transcode {
                 bitrate_kbps: spec.video.bitrate_kbps.unwrap_or(DEFAULT_VIDEO_KBPS),
             },

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -17,6 +17,8 @@ use super::authority;
 use super::http;
 use super::listener::ConnInfo;
 use super::ratelimit::RateLimiter;
+use crate::crd::RenditionSpec;
+use crate::dataplane::media::rendition::Ladder;
 use crate::dataplane::media::{
     Admission, Engine, PeerFactoryConfig, StreamKey, SubscribeError, Subscription,
 };
@@ -265,9 +267,55 @@ fn ice_server_links(factory: &PeerFactoryConfig) -> Vec<HeaderValue> {
         .collect()
 }
 
+/// `?rendition=NAME` on the WHEP URL pins a viewer to one rendition of the ladder.
+#[derive(serde::Deserialize, Default)]
+struct OfferQuery {
+    rendition: Option<String>,
+}
+
+/// How a new viewer follows the process's ladder: from the top, free to move, or pinned.
+fn ladder_for(renditions: &[RenditionSpec], pin: Option<&str>) -> Result<Option<Ladder>, ApiError> {
+    let names = || {
+        let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+        names.join(", ")
+    };
+    if renditions.is_empty() {
+        return match pin {
+            Some(name) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("rendition {name:?}: this process has no renditions"),
+            )),
+            None => Ok(None),
+        };
+    }
+    let top = renditions
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, r)| r.bitrate_kbps)
+        .map_or(0, |(i, _)| i);
+    let (start, pinned) = match pin {
+        None => (top, false),
+        Some(name) => match renditions.iter().position(|r| r.name == name) {
+            Some(i) => (i, true),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown rendition {name:?}; this process has: {}", names()),
+                ));
+            }
+        },
+    };
+    Ok(Some(Ladder {
+        bitrates_kbps: renditions.iter().map(|r| r.bitrate_kbps).collect(),
+        start: start as u8,
+        pinned,
+    }))
+}
+
 async fn offer(
     State(state): State<AppState>,
     Path(process): Path<String>,
+    Query(query): Query<OfferQuery>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     body: Bytes,
@@ -309,6 +357,7 @@ async fn offer(
         )
         .retry_after());
     }
+    let ladder = ladder_for(&stream.renditions, query.rendition.as_deref())?;
     let sdp = utf8(&body)?;
     let engine = &state.engine;
     let tcp = match authority::tcp_candidate(&headers, &conn, state.trust_forwarded) {
@@ -320,6 +369,7 @@ async fn offer(
         stream: stream.key,
         has_audio: stream.audio.is_some(),
         max_viewers: stream.max_viewers,
+        ladder,
         metrics: stream.metrics.clone(),
     };
     let answer = engine.subscribe(subscription, sdp, tcp).await?;

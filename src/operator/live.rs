@@ -129,6 +129,12 @@ fn stream_status(process: &ProcessSpec, reporters: &[Reporter]) -> StreamStatus 
                 .sum(),
         ),
         message,
+        renditions: process
+            .video
+            .renditions
+            .iter()
+            .map(|r| format!("{} {}p {} kbit/s", r.name, r.height, r.bitrate_kbps))
+            .collect(),
     }
 }
 

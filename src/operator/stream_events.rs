@@ -119,6 +119,7 @@ mod tests {
             last_error: error.map(Into::into),
             restarts: Some(restarts),
             message: (state != RUNNING).then(|| "not live on p-b (Failed)".into()),
+            renditions: Vec::new(),
         }
     }
 

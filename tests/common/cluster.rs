@@ -391,6 +391,11 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+    /// SIGTERM, as the kubelet stops a pod; the process drains and exits on its own.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -459,8 +464,8 @@ impl Operator {
 /// address for media, as pods have their own IPs.
 pub struct Agent {
     pub proc: Proc,
-    /// Base URL of its HTTP port (WHEP, /api/v1/streams).
-    pub http: String,
+    /// Its HTTP base URL (WHEP, `/readyz`, `/api/v1/streams`).
+    pub base: String,
 }
 
 impl Agent {
@@ -471,8 +476,20 @@ impl Agent {
         udp_bind: &str,
         ffmpeg: Option<&str>,
     ) -> Agent {
+        Self::start_with(ns, name, pod, udp_bind, ffmpeg, &[])
+    }
+
+    /// [`Agent::start`] with more arguments, as the Deployment passes `--drain-seconds`.
+    pub fn start_with(
+        ns: &Namespace,
+        name: &str,
+        pod: &str,
+        udp_bind: &str,
+        ffmpeg: Option<&str>,
+        extra: &[&str],
+    ) -> Agent {
         let listen = format!("127.0.0.1:{}", free_tcp_port());
-        let args = [
+        let mut args = vec![
             "agent",
             "--name",
             name,
@@ -481,6 +498,7 @@ impl Agent {
             "--udp-bind",
             udp_bind,
         ];
+        args.extend(extra);
         let mut extra_env = vec![
             ("POD_NAME", pod.to_owned()),
             ("POD_NAMESPACE", ns.0.clone()),
@@ -490,7 +508,7 @@ impl Agent {
         }
         Agent {
             proc: Proc::spawn_with_env(&format!("agent-{pod}"), &args, &extra_env),
-            http: format!("http://{listen}"),
+            base: format!("http://{listen}"),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod framing;
 pub mod h264;
 mod outbox;
 mod peer;
+pub mod rendition;
 mod source;
 mod stun;
 pub mod udp;
@@ -49,5 +50,7 @@ pub struct MediaPacket {
     pub kind: TrackKind,
     /// First packet of a decodable keyframe (SPS or IDR start): where a new viewer can begin.
     pub keyframe_start: bool,
+    /// Which rendition of the process's ladder it belongs to (0: the top one, or the only one).
+    pub rendition: u8,
     pub packet: rtc::rtp::Packet,
 }

@@ -23,7 +23,8 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -55,7 +56,8 @@ pub struct Answered {
     pub audio: Option<TrackOut>,
 }
 
-fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
+/// `adaptive`: also offer REMB (`goog-remb`) on video, the estimate a rendition ladder follows.
+fn media_engine(adaptive: bool) -> Result<(MediaEngine, Registry), SubscribeError> {
     let mut engine = MediaEngine::default();
     for (kind, rtp_kind, pt) in [
         (TrackKind::Video, RtpCodecKind::Video, H264_PT),
@@ -70,6 +72,15 @@ fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
                 rtp_kind,
             )
             .map_err(internal)?;
+    }
+    if adaptive {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
     }
     // NACKs are answered from the sender's history; reports keep browsers' stats and A/V sync.
     let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
@@ -122,6 +133,7 @@ pub fn answer(
     config: &PeerFactoryConfig,
     stream_has_audio: bool,
     tcp: Option<&TcpCandidate>,
+    adaptive: bool,
 ) -> Result<Answered, SubscribeError> {
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SubscribeError::BadOffer(
@@ -137,7 +149,7 @@ pub fn answer(
     }
 
     let local_ufrag = random_token(16);
-    let (media_engine, registry) = media_engine()?;
+    let (media_engine, registry) = media_engine(adaptive)?;
     let settings = SettingEngineBuilder::new()
         .with_ice_credentials(local_ufrag.clone(), random_token(32))
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_CHECK_ATTEMPTS))

@@ -35,9 +35,11 @@ struct SourceShared {
 }
 
 impl Source {
-    /// Binds the track's loopback port; FFmpeg's RTP leg for this track is aimed at `addr()`.
+    /// Binds the track's loopback port; FFmpeg's RTP leg for this track (of `rendition`, for
+    /// a video ladder) is aimed at `addr()`.
     pub async fn bind(
         kind: TrackKind,
+        rendition: u8,
         sink: PacketSink,
         on_media: OnMedia,
     ) -> std::io::Result<Self> {
@@ -49,7 +51,13 @@ impl Source {
             packets: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
-        let task = tokio::spawn(receive(socket, kind, shared.clone(), sink, on_media));
+        let task = tokio::spawn(receive(
+            socket,
+            (kind, rendition),
+            shared.clone(),
+            sink,
+            on_media,
+        ));
         Ok(Source {
             kind,
             addr,
@@ -96,7 +104,7 @@ impl Drop for Source {
 
 async fn receive(
     socket: UdpSocket,
-    kind: TrackKind,
+    (kind, rendition): (TrackKind, u8),
     shared: Arc<SourceShared>,
     sink: PacketSink,
     on_media: OnMedia,
@@ -128,6 +136,7 @@ async fn receive(
         sink(Arc::new(MediaPacket {
             kind,
             keyframe_start,
+            rendition,
             packet,
         }));
     }

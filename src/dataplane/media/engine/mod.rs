@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::factory::PeerFactoryConfig;
 use super::outbox::Outbox;
 use super::peer::{self, TcpCandidate};
+use super::rendition::{Follower, Ladder};
 use super::{MediaPacket, StreamKey, SubscribeError};
 use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
@@ -68,6 +69,8 @@ pub struct Subscription {
     pub has_audio: bool,
     /// The process's own cap on this server (`maxViewers`).
     pub max_viewers: Option<usize>,
+    /// The process's renditions as this viewer follows them; None without a ladder.
+    pub ladder: Option<Ladder>,
     pub metrics: ProcessMetrics,
 }
 
@@ -272,6 +275,8 @@ impl Engine {
         let Subscription {
             stream, has_audio, ..
         } = to;
+        // REMB is asked for only where it steers something: a viewer free to change rendition.
+        let adaptive = to.ladder.as_ref().is_some_and(|l| !l.pinned);
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
         let tcp = tcp.filter(|_| factory.ice_tcp);
@@ -279,7 +284,7 @@ impl Engine {
         let offer = offer_sdp.to_owned();
         // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
         let answered = std::panic::catch_unwind(move || {
-            peer::answer(&offer, &factory, has_audio, tcp.as_ref())
+            peer::answer(&offer, &factory, has_audio, tcp.as_ref(), adaptive)
         })
         .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
         let session: SessionId = peer::random_id().into();
@@ -329,6 +334,7 @@ impl Engine {
             known_addrs: Vec::new(),
             created: Instant::now(),
             metrics: to.metrics,
+            follower: to.ladder.map(Follower::new),
         };
         if self.shards[shard]
             .send(ShardMsg::Add(Box::new(subscriber)))

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::sansio::Protocol;
@@ -21,6 +22,7 @@ use super::tcp::TcpLink;
 use super::{SessionId, Shared};
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
+use crate::dataplane::media::rendition::{Feedback, Follower};
 use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
 use crate::dataplane::metrics::{ProcessMetrics, Transport};
@@ -100,6 +102,8 @@ pub(super) struct Subscriber {
     pub(super) created: Instant,
     /// Its process's series; media counts go in once per fan-out, through the shard.
     pub(super) metrics: ProcessMetrics,
+    /// The rendition it follows, for a process with a ladder.
+    pub(super) follower: Option<Follower>,
 }
 
 /// A USE-CANDIDATE binding request kept for replay. `rtc` 0.21's controlled agent ignores a
@@ -121,7 +125,8 @@ pub(super) struct Shard {
     pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
     /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
     pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
-    pub(super) keyframe_cache: HashMap<StreamKey, Vec<Arc<MediaPacket>>>,
+    /// Per stream and rendition.
+    pub(super) keyframe_cache: HashMap<(StreamKey, u8), Vec<Arc<MediaPacket>>>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
     pub(super) outbox: Outbox,
 }
@@ -240,7 +245,7 @@ impl Shard {
                 let _ = reply.send(self.reap(&session, "deleted by client"));
             }
             ShardMsg::DropStream { stream, reply } => {
-                self.keyframe_cache.remove(&stream);
+                self.keyframe_cache.retain(|(s, _), _| *s != stream);
                 self.stream_metrics.remove(&stream);
                 let ids = self.by_stream.remove(&stream).unwrap_or_default();
                 let closed = ids
@@ -322,7 +327,10 @@ impl Shard {
 
     fn on_media(&mut self, stream: StreamKey, packet: Arc<MediaPacket>) {
         if packet.kind == TrackKind::Video {
-            let cache = self.keyframe_cache.entry(stream).or_default();
+            let cache = self
+                .keyframe_cache
+                .entry((stream, packet.rendition))
+                .or_default();
             if packet.keyframe_start {
                 cache.clear();
             }
@@ -419,7 +427,14 @@ impl Shard {
                 sub.metrics.join_seconds.observe(join.as_secs_f64());
                 info!(session = %id, stream = sub.stream.0, ?transport, ?join, "subscriber connected");
                 let now = Instant::now();
-                if let Some(cache) = self.keyframe_cache.get(&sub.stream) {
+                let rendition = sub.follower.as_ref().map_or(0, Follower::current);
+                if let Some(follower) = &sub.follower {
+                    let at = follower.current() as usize;
+                    if let Some(gauge) = sub.metrics.rendition_viewers.get(at) {
+                        gauge.inc();
+                    }
+                }
+                if let Some(cache) = self.keyframe_cache.get(&(sub.stream, rendition)) {
                     let mut sent = 0;
                     for packet in cache {
                         sent += sub.write_media(packet, now) as u64;
@@ -450,6 +465,14 @@ impl Shard {
         self.shared.forget_session(id, &sub.ufrag, &sub.known_addrs);
         if let Some(transport) = sub.transport {
             self.shared.metrics.connected(transport).dec();
+            if let Some(follower) = &sub.follower
+                && let Some(gauge) = sub
+                    .metrics
+                    .rendition_viewers
+                    .get(follower.current() as usize)
+            {
+                gauge.dec();
+            }
         }
         info!(session = %id, stream = sub.stream.0, reason, "subscriber closed");
         true
@@ -457,7 +480,8 @@ impl Shard {
 }
 
 impl Subscriber {
-    /// Stamps this subscriber's SSRC and payload type on a shared packet and sends it.
+    /// Stamps this subscriber's SSRC and payload type on a shared packet and sends it; with a
+    /// ladder, only packets of the rendition it follows, renumbered as one track.
     fn write_media(&mut self, media: &MediaPacket, now: Instant) -> bool {
         let out = match media.kind {
             TrackKind::Video => self.video,
@@ -467,6 +491,34 @@ impl Subscriber {
             return false;
         };
         let mut packet = media.packet.clone();
+        if media.kind == TrackKind::Video
+            && let Some(follower) = &mut self.follower
+        {
+            let header = &packet.header;
+            let admitted = follower.admit(
+                media.rendition,
+                media.keyframe_start,
+                header.sequence_number,
+                header.timestamp,
+                now,
+            );
+            let Some(((seq, timestamp), switched)) = admitted else {
+                return false;
+            };
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = timestamp;
+            if let Some(switched) = switched {
+                let m = &self.metrics;
+                for (index, delta) in [(switched.from, -1), (switched.to, 1)] {
+                    if let Some(gauge) = m.rendition_viewers.get(index as usize) {
+                        gauge.inc_by(delta);
+                    }
+                }
+                let up = switched.is_up(follower.ladder());
+                if up { &m.switches_up } else { &m.switches_down }.inc();
+                debug!(session = %self.id, ?switched, up, "rendition switched");
+            }
+        }
         packet.header.ssrc = out.ssrc;
         packet.header.payload_type = out.payload_type;
         match self.pc.rtp_sender(out.sender) {
@@ -474,6 +526,26 @@ impl Subscriber {
             None => false,
         }
     }
+}
+
+/// What one RTCP packet from a viewer says about its video: REMB, and the loss of our video
+/// SSRC in a receiver report.
+fn feedback_of(packet: &dyn rtc::rtcp::Packet, video_ssrc: Option<u32>) -> Vec<Feedback> {
+    use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+    use rtc::rtcp::receiver_report::ReceiverReport;
+    let any = packet.as_any();
+    if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+        return vec![Feedback::Remb(remb.bitrate as u64)];
+    }
+    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        return rr
+            .reports
+            .iter()
+            .filter(|r| Some(r.ssrc) == video_ssrc)
+            .map(|r| Feedback::Loss(r.fraction_lost))
+            .collect();
+    }
+    Vec::new()
 }
 
 /// Queues what the peer wants sent, learns its addresses, and reports state changes.
@@ -511,7 +583,19 @@ fn flush(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mut Outbo
         bytes += len;
         outbox.push(dest, out.message);
     }
-    while sub.pc.poll_read().is_some() {}
+    while let Some(message) = sub.pc.poll_read() {
+        if let (Some(follower), RTCMessage::RtcpPacket(_, packets)) =
+            (&mut sub.follower, message.message)
+        {
+            let video_ssrc = sub.video.map(|v| v.ssrc);
+            let now = Instant::now();
+            for packet in &packets {
+                for feedback in feedback_of(packet.as_ref(), video_ssrc) {
+                    follower.on_feedback(feedback, now);
+                }
+            }
+        }
+    }
     let mut verdict = Verdict::Keep;
     while let Some(event) = sub.pc.poll_event() {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
