@@ -14,5 +14,6 @@ pub mod dataplane;
 pub mod entries;
 pub mod health;
 pub mod operator;
+pub mod outage;
 pub mod reports;
 pub mod telemetry;

@@ -6,18 +6,21 @@ mod report;
 mod secrets;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::crd::SecretKeyRef;
 use crate::dataplane::auth::{JwtConfig, JwtKeys};
 use crate::dataplane::{self, DataPlaneArgs, SpecFeed};
 use crate::entries::{self, StreamEntries};
+use crate::outage::{self, ApiBackoff, ApiOutage, WatchTrouble};
 use secrets::SecretReader;
 
 /// Secrets are read again this often, so a rotated TURN password reaches the players without
@@ -58,7 +61,15 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     };
     let name = entries::configmap_name(&args.name);
     let (tx, mut specs) = mpsc::channel(8);
-    tokio::spawn(watch_stream_entries(configmaps, secrets, name.clone(), tx));
+    // One view of the API server for the watch and the reports: an outage is logged once.
+    let api = Arc::new(ApiOutage::default());
+    tokio::spawn(watch_stream_entries(
+        configmaps,
+        secrets,
+        name.clone(),
+        tx,
+        api.clone(),
+    ));
     info!(configmap = %name, namespace = %args.namespace, "waiting for stream entries");
     let initial = specs
         .recv()
@@ -73,7 +84,7 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
             info!(%pod, "reporting the processes' state on the pod");
             Some(Box::new(move |subsystem| {
-                tokio::spawn(report::publish(pods, pod, subsystem));
+                tokio::spawn(report::publish(pods, pod, subsystem, api));
             }))
         }
         None => {
@@ -97,15 +108,18 @@ pub async fn run(mut args: AgentArgs) -> anyhow::Result<()> {
 /// Sends the entries read from the ConfigMap on every change, with the ICE servers'
 /// credentials read from their Secrets (again every [`SECRETS_REREAD`]); a deleted ConfigMap
 /// means no processes (the resource is going away). Entries that do not parse are logged and
-/// skipped, leaving what runs untouched.
+/// skipped, leaving what runs untouched. While the API server is away, what runs keeps running.
 async fn watch_stream_entries(
-    api: Api<ConfigMap>,
+    configmaps: Api<ConfigMap>,
     secrets: SecretReader,
     name: String,
     tx: mpsc::Sender<StreamEntries>,
+    api: Arc<ApiOutage>,
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(api, config).boxed();
+    let mut events = watcher::watcher(configmaps, config)
+        .backoff(ApiBackoff::default())
+        .boxed();
     // As read from the ConfigMap (no credentials), and as last sent (credentials filled in).
     let mut read: Option<StreamEntries> = None;
     let mut last: Option<StreamEntries> = None;
@@ -119,6 +133,9 @@ async fn watch_stream_entries(
             },
             _ = reread.tick() => None,
         };
+        if matches!(event, Some(Ok(_))) {
+            api.recovered();
+        }
         let next = match event {
             None => match &read {
                 Some(entries) => entries.clone(),
@@ -141,9 +158,13 @@ async fn watch_stream_entries(
                 None => continue,
             },
             Some(Ok(Event::Init | Event::InitDone)) => continue,
+            // Retried after the backoff.
             Some(Err(e)) => {
-                warn!(configmap = %name, "watch error (retrying): {e}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match outage::classify(&e) {
+                    WatchTrouble::Expired => debug!(configmap = %name, "watch expired: {e}"),
+                    WatchTrouble::Unavailable => api.failed("watch the stream entries", &e),
+                    WatchTrouble::Other => warn!(configmap = %name, "watch error (retrying): {e}"),
+                }
                 continue;
             }
         };

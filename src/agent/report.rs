@@ -20,6 +20,7 @@ use tracing::{info, instrument, warn};
 
 use crate::dataplane::ffmpeg::ProcessStatus;
 use crate::dataplane::subsystem::Subsystem;
+use crate::outage::{ApiOutage, is_unavailable};
 use crate::reports::{FIELD_MANAGER, PodReport, ProcessReport, REPORT_ANNOTATION, STREAMS_LIVE};
 
 /// Changes within this time of the first one go out in the same write (a process restart is
@@ -101,7 +102,7 @@ impl Pacer {
 
 /// Runs until the subsystem goes away: writes the first report at once, then each change.
 #[instrument(skip_all, fields(%pod))]
-pub async fn publish(pods: Api<Pod>, pod: String, subsystem: Arc<Subsystem>) {
+pub async fn publish(pods: Api<Pod>, pod: String, subsystem: Arc<Subsystem>, api: Arc<ApiOutage>) {
     let mut changes = subsystem.changes();
     let mut pacer = Pacer::new(BURST, REFILL, Instant::now());
     let mut published: Option<PodReport> = None;
@@ -119,12 +120,17 @@ pub async fn publish(pods: Api<Pod>, pod: String, subsystem: Arc<Subsystem>) {
             pacer.spend(Instant::now());
             match write(&pods, &pod, &report, &mut condition).await {
                 Ok(()) => {
+                    api.recovered();
                     info!(report = %report.encode(), "reported the processes' state");
                     published = Some(report);
                 }
                 Err(error) => {
                     // Retried on the pacer's schedule, or sooner if something changes.
-                    warn!(%error, "cannot report the processes' state on the pod");
+                    if is_unavailable(&error) {
+                        api.failed("report the processes' state on the pod", &error);
+                    } else {
+                        warn!(%error, "cannot report the processes' state on the pod");
+                    }
                     let retry = pacer.ready_at(Instant::now()).max(Instant::now() + SETTLE);
                     tokio::select! {
                         _ = tokio::time::sleep_until(retry) => {}

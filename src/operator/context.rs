@@ -13,6 +13,7 @@ use tracing::warn;
 use super::stream_events::{StreamEvent, Troubled, stream_events};
 use super::{AgentConfig, FIELD_MANAGER, Metrics};
 use crate::crd::{StreamStatus, WebRTCEgress};
+use crate::outage::{ApiOutage, is_unavailable};
 
 /// First retry after a failure; each further failure doubles it up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
@@ -24,6 +25,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub agent: AgentConfig,
+    /// The API server's availability, so an outage is logged once rather than per retry.
+    pub api: Arc<ApiOutage>,
     /// Consecutive failures per resource, for its backoff; cleared by a success.
     failures: Mutex<HashMap<ObjectRef<WebRTCEgress>, u32>>,
     /// Per resource, the processes announced in trouble and not yet announced recovered.
@@ -47,6 +50,7 @@ impl Context {
             client,
             metrics,
             agent,
+            api: Arc::default(),
             failures: Mutex::default(),
             troubled: Mutex::default(),
         }
@@ -104,8 +108,10 @@ impl Context {
             secondary: related,
         };
         let reference = kube::Resource::object_ref(egress, &());
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            warn!(%error, reason, "cannot publish event");
+        match self.recorder.publish(&event, &reference).await {
+            Ok(()) => {}
+            Err(error) if is_unavailable(&error) => self.api.failed("publish an event", &error),
+            Err(error) => warn!(%error, reason, "cannot publish event"),
         }
     }
 }

@@ -26,17 +26,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::crd::{ValidationErrors, WebRTCEgress};
+use crate::outage::{self, ApiBackoff, ApiOutage, WatchTrouble};
 
 pub use children::AgentConfig;
 pub use context::Context;
@@ -74,6 +75,11 @@ impl Error {
     fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
         let action = action.into();
         move |source| Self::Kube { action, source }
+    }
+
+    /// Whether the API server was away, rather than this resource or request being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Kube { source, .. } if crate::outage::is_unavailable(source))
     }
 
     /// Short, bounded label for the failure metric.
@@ -211,28 +217,95 @@ async fn run_controller(
         namespace = namespace.unwrap_or("(all)"),
         "controller started"
     );
-    Controller::new(egresses, watcher::Config::default().any_semantic())
-        .owns(
-            scoped_api::<Deployment>(client, namespace),
-            children.clone(),
-        )
-        .owns(scoped_api::<Service>(client, namespace), children.clone())
-        .owns(scoped_api::<ConfigMap>(client, namespace), children.clone())
+    let api = &context.api;
+    let writer = reflector::store::Writer::<WebRTCEgress>::default();
+    let store = writer.as_reader();
+    let own = watcher(egresses, watcher::Config::default().any_semantic()).reflect(writer);
+    Controller::for_stream(retried(own.applied_objects(), api), store)
+        .owns_stream(retried(
+            touched::<Deployment>(client, namespace, &children),
+            api,
+        ))
+        .owns_stream(retried(
+            touched::<Service>(client, namespace, &children),
+            api,
+        ))
+        .owns_stream(retried(
+            touched::<ConfigMap>(client, namespace, &children),
+            api,
+        ))
         // Egress pods belong to a ReplicaSet, not to the resource: they are mapped back by
         // their instance label, so a pod's report (or its readiness) updates the status.
-        .watches(scoped_api::<Pod>(client, namespace), children, |pod| {
-            let name = children::instance_of(pod.labels())?.to_owned();
-            Some(ObjectRef::<WebRTCEgress>::new(&name).within(&pod.namespace()?))
-        })
+        .watches_stream(
+            retried(touched::<Pod>(client, namespace, &children), api),
+            |pod| {
+                let name = children::instance_of(pod.labels())?.to_owned();
+                Some(ObjectRef::<WebRTCEgress>::new(&name).within(&pod.namespace()?))
+            },
+        )
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)))
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "controller");
+        .run(reconcile, error_policy, context.clone())
+        .for_each(|result| {
+            match result {
+                Ok(_) => context.api.recovered(),
+                // error_policy has logged it.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(%error, "controller"),
             }
+            async {}
         })
         .await;
+}
+
+/// The objects of kind `K` a watch sees change (deleted ones included), scoped and selected.
+fn touched<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: &watcher::Config,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    watcher(scoped_api::<K>(client, namespace), config.clone()).touched_objects()
+}
+
+/// A watch that retries on its own backoff and keeps its errors to itself, so that one
+/// watch's trouble holds up neither the others nor the controller. (With kube's shared
+/// trigger backoff, a restarted API server cost every watch an expired resourceVersion in
+/// turn, each paid with the whole controller paused: most of a minute to converge.) Errors
+/// are logged here: an outage once through `api`, expired watches not at all (the watcher
+/// lists again by itself).
+fn retried<K: Send + 'static>(
+    watch: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    api: &Arc<ApiOutage>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    let api = api.clone();
+    watch
+        .backoff(ApiBackoff::default())
+        .filter_map(move |item| {
+            let item = match item {
+                Ok(object) => {
+                    api.recovered();
+                    Some(Ok(object))
+                }
+                Err(error) => {
+                    match outage::classify(&error) {
+                        WatchTrouble::Expired => debug!(%error, "watch expired; listing again"),
+                        WatchTrouble::Unavailable => api.failed("watch", &error),
+                        WatchTrouble::Other => warn!(%error, "watch failed; retrying"),
+                    }
+                    None
+                }
+            };
+            futures::future::ready(item)
+        })
 }
 
 /// Waits until WebRTCEgresses can be listed; `false` if shut down first. The operator never

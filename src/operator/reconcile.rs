@@ -69,6 +69,8 @@ pub async fn reconcile(egress: Arc<WebRTCEgress>, ctx: Arc<Context>) -> Result<A
             write_status(&egress, &ctx, &report.observed(None)).await?;
             Ok(Action::requeue(MAX_BACKOFF))
         }
+        // The event and the status would not get through either.
+        Err(error) if error.is_unavailable() => Err(error),
         Err(error) => {
             let message = error.to_string();
             ctx.publish(
@@ -99,6 +101,10 @@ pub async fn reconcile(egress: Arc<WebRTCEgress>, ctx: Arc<Context>) -> Result<A
 pub fn error_policy(egress: Arc<WebRTCEgress>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error);
     let delay = ctx.backoff(ObjectRef::from_obj(&*egress));
+    if error.is_unavailable() {
+        ctx.api.failed("reconcile", error);
+        return Action::requeue(delay);
+    }
     warn!(
         namespace = egress.namespace(),
         name = egress.name_any(),

@@ -1,6 +1,8 @@
 //! Runs the real `webrtc-egress serve` binary against a manifest in a temporary directory.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
