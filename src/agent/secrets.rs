@@ -2,6 +2,9 @@
 //! name through the API server: `get` on Secrets of the pod's namespace, never list or watch.
 //! Their values live only in the agent's memory, never in the ConfigMap or the pod spec.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use tracing::warn;
@@ -23,11 +26,17 @@ pub enum SecretError {
 #[derive(Clone)]
 pub struct SecretReader {
     api: Api<Secret>,
+    /// The last credential read per Secret key: kept when a re-read fails (the API server is
+    /// away), so players are not handed TURN servers without a password during an outage.
+    credentials: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
 impl SecretReader {
     pub fn new(api: Api<Secret>) -> Self {
-        SecretReader { api }
+        SecretReader {
+            api,
+            credentials: Arc::default(),
+        }
     }
 
     /// The value of one key, a trailing newline dropped (`echo` leaves one).
@@ -51,8 +60,9 @@ impl SecretReader {
     }
 
     /// Fills each ICE server's credential from its `credentialSecretRef`. A Secret that cannot
-    /// be read leaves its server without a credential (STUN still works; TURN then fails, and
-    /// the log says why) rather than keeping the processes from starting.
+    /// be read keeps the credential last read from it; one never read leaves its server without
+    /// a credential (STUN still works; TURN then fails, and the log says why) rather than
+    /// keeping the processes from starting.
     pub async fn resolve_ice_credentials(&self, webrtc: &mut WebRtcSettings) {
         for (i, server) in webrtc.ice_servers.iter_mut().enumerate() {
             let Some(secret) = &server.credential_secret_ref else {
@@ -64,12 +74,23 @@ impl SecretReader {
                     key: secret.key.clone(),
                 })
             });
+            let key = (secret.name.clone(), secret.key.clone());
+            let mut known = self.credentials.lock().unwrap();
             server.credential = match value {
-                Ok(credential) => Some(credential),
-                Err(e) => {
-                    warn!("spec.webrtc.iceServers[{i}] offered without a credential: {e}");
-                    None
+                Ok(credential) => {
+                    known.insert(key, credential.clone());
+                    Some(credential)
                 }
+                Err(e) => match known.get(&key) {
+                    Some(last) => {
+                        warn!("spec.webrtc.iceServers[{i}]: keeping the credential last read: {e}");
+                        Some(last.clone())
+                    }
+                    None => {
+                        warn!("spec.webrtc.iceServers[{i}] offered without a credential: {e}");
+                        None
+                    }
+                },
             };
         }
     }
