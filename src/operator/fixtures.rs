@@ -4,7 +4,7 @@
 //! applied after adding defaults the way the real API server does (so that the no-op test
 //! proves the subset check tolerates them), and logs every request for the tests to inspect.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
@@ -134,7 +134,8 @@ pub struct Logged {
 pub struct FakeApi {
     objects: Arc<Mutex<BTreeMap<String, Value>>>,
     log: Arc<Mutex<Vec<Logged>>>,
-    failing: Arc<Mutex<HashSet<(Method, String)>>>,
+    /// Requests answered with an error status instead: (method, path) → status.
+    failing: Arc<Mutex<BTreeMap<(String, String), StatusCode>>>,
 }
 
 impl FakeApi {
@@ -168,9 +169,15 @@ impl FakeApi {
         self.objects.lock().unwrap().insert(path.into(), object);
     }
 
-    /// Answers `method path` with a 500 from now on.
+    /// Answers `method path` with a 500 from now on: the API server unwell.
     pub fn fail(&self, method: Method, path: &str) {
-        self.failing.lock().unwrap().insert((method, path.into()));
+        self.fail_with(method, path, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Answers `method path` with `code` from now on (403: a quota or a policy refusing it).
+    pub fn fail_with(&self, method: Method, path: &str, code: StatusCode) {
+        let key = (method.to_string(), path.to_owned());
+        self.failing.lock().unwrap().insert(key, code);
     }
 
     /// Every request, in order.
@@ -246,13 +253,14 @@ impl FakeApi {
     }
 
     fn answer(&self, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
-        if self
+        let failing = self
             .failing
             .lock()
             .unwrap()
-            .contains(&(method.clone(), path.to_owned()))
-        {
-            return status_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+            .get(&(method.to_string(), path.to_owned()))
+            .copied();
+        if let Some(code) = failing {
+            return status_error(code, code.canonical_reason().unwrap_or("Error"));
         }
         match *method {
             Method::GET if path.ends_with("/pods") => {

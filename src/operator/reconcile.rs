@@ -277,7 +277,7 @@ async fn write_status(
 mod tests {
     use std::time::Duration;
 
-    use http::Method;
+    use http::{Method, StatusCode};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::Value;
 
@@ -588,7 +588,9 @@ mod tests {
     #[tokio::test]
     async fn api_errors_are_reported_and_backed_off() {
         let (ctx, fake) = test_context();
-        fake.fail(Method::PATCH, &FakeApi::deployment_path("studio-egress"));
+        // Refused (a quota, an admission policy): the user must hear of it.
+        let deployment = FakeApi::deployment_path("studio-egress");
+        fake.fail_with(Method::PATCH, &deployment, StatusCode::FORBIDDEN);
         let egress = Arc::new(egress("studio", &["cam1"]));
         let error = reconcile(egress.clone(), ctx.clone()).await.unwrap_err();
         assert!(matches!(error, Error::Kube { .. }), "{error:?}");
@@ -634,6 +636,19 @@ mod tests {
             })
             .get();
         assert_eq!(failures, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_api_server_is_not_written_to_while_it_is_away() {
+        let (ctx, fake) = test_context();
+        fake.fail(Method::PATCH, &FakeApi::deployment_path("studio-egress"));
+        let egress = Arc::new(egress("studio", &["cam1"]));
+        let error = reconcile(egress.clone(), ctx.clone()).await.unwrap_err();
+        assert!(error.is_unavailable(), "{error:?}");
+        // No event and no status: they would fail too, and pile up on its return.
+        assert_eq!(fake.write_summary(), [SERVICE, CONFIGMAP, DEPLOYMENT]);
+        let first = error_policy(egress.clone(), &error, ctx.clone());
+        assert_eq!(first, Action::requeue(Duration::from_secs(5)));
     }
 
     #[tokio::test]
