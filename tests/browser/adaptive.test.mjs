@@ -106,7 +106,7 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
     assert.equal(free.rendition, "hd", "stays on the top rendition on a free link");
 
     limit(LIMIT);
-    const down = await secondsUntil(page, "the low rendition", (s) => s.rendition === "sd", 30000);
+    const down = await secondsUntil(page, "the low rendition", (s) => s.rendition === "sd", 60000);
     const before = await sample(page);
     const share = await shareOn(page, "sd", 20);
     const constrained = await sample(page);
@@ -116,7 +116,8 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
     console.log(`${LIMIT}: on sd ${down.toFixed(1)} s after the limit; over the next 20 s ` +
       `${(share * 100).toFixed(0)}% of the time on sd, ${fps.toFixed(1)} fps decoded, ` +
       `${freezes} freezes (${frozen.toFixed(1)} s frozen)`);
-    assert.ok(share >= 0.5, `mostly on the low rendition under the limit: ${share}`);
+    // Probes up take some of the time (and a freeze or two); the viewer must keep coming back.
+    assert.ok(share >= 0.35, `back on the low rendition between probes: ${share}`);
     assert.ok(fps >= 10, `keeps decoding under the limit: ${fps} fps`);
 
     limit("off");
