@@ -281,6 +281,15 @@ impl Metrics {
     }
 }
 
+impl ProcessMetrics {
+    /// Moves the count of viewers on `rendition` by `delta` (a join, a leave, a switch).
+    pub fn rendition_viewers_add(&self, rendition: u8, delta: i64) {
+        if let Some(gauge) = self.rendition_viewers.get(usize::from(rendition)) {
+            gauge.inc_by(delta);
+        }
+    }
+}
+
 impl Default for ProcessMetrics {
     /// Series registered nowhere, for code run without a registry (unit tests).
     fn default() -> Self {

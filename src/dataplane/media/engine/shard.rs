@@ -484,11 +484,8 @@ impl Shard {
                 info!(session = %id, stream = sub.stream.0, ?transport, ?join, "subscriber connected");
                 let now = Instant::now();
                 let rendition = sub.follower.as_ref().map_or(0, Follower::current);
-                if let Some(follower) = &sub.follower {
-                    let at = follower.current() as usize;
-                    if let Some(gauge) = sub.metrics.rendition_viewers.get(at) {
-                        gauge.inc();
-                    }
+                if sub.follower.is_some() {
+                    sub.metrics.rendition_viewers_add(rendition, 1);
                 }
                 if let Some(cache) = self.keyframe_cache.get(&(sub.stream, rendition)) {
                     let mut sent = 0;
@@ -521,13 +518,8 @@ impl Shard {
         self.shared.forget_session(id, &sub.ufrag, &sub.known_addrs);
         if let Some(transport) = sub.transport {
             self.shared.metrics.connected(transport).dec();
-            if let Some(follower) = &sub.follower
-                && let Some(gauge) = sub
-                    .metrics
-                    .rendition_viewers
-                    .get(follower.current() as usize)
-            {
-                gauge.dec();
+            if let Some(follower) = &sub.follower {
+                sub.metrics.rendition_viewers_add(follower.current(), -1);
             }
         }
         info!(session = %id, stream = sub.stream.0, reason, "subscriber closed");
@@ -565,11 +557,8 @@ impl Subscriber {
             packet.header.timestamp = timestamp;
             if let Some(switched) = switched {
                 let m = &self.metrics;
-                for (index, delta) in [(switched.from, -1), (switched.to, 1)] {
-                    if let Some(gauge) = m.rendition_viewers.get(index as usize) {
-                        gauge.inc_by(delta);
-                    }
-                }
+                m.rendition_viewers_add(switched.from, -1);
+                m.rendition_viewers_add(switched.to, 1);
                 let up = switched.is_up(follower.ladder());
                 if up { &m.switches_up } else { &m.switches_down }.inc();
                 debug!(session = %self.id, ?switched, up, "rendition switched");
