@@ -3,6 +3,7 @@
 
 const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
 const USERNAME: u16 = 0x0006;
 /// RFC 8445: the controlling agent's nomination.
 const USE_CANDIDATE: u16 = 0x0025;
@@ -36,6 +37,11 @@ pub fn is_binding_request_start(head: &[u8]) -> bool {
     head.get(..2) == Some(&BINDING_REQUEST[..]) && head.get(4..8) == Some(&MAGIC[..])
 }
 
+/// A binding success response: the answer to one of our connectivity checks.
+pub fn is_binding_success(data: &[u8]) -> bool {
+    data.len() >= 20 && data[..2] == BINDING_SUCCESS && data[4..8] == MAGIC
+}
+
 /// A binding request carrying USE-CANDIDATE: the viewer nominating the pair it arrived on.
 pub fn is_nomination(data: &[u8]) -> bool {
     is_binding_request_start(data) && attribute(data, USE_CANDIDATE).is_some()
@@ -67,8 +73,10 @@ mod tests {
         assert!(!is_nomination(&msg));
         msg.extend([0x00, 0x25, 0, 0]);
         assert!(is_nomination(&msg));
+        assert!(!is_binding_success(&msg));
         msg[1] = 0x01;
         msg[0] = 0x01; // a success response is no nomination
         assert!(!is_nomination(&msg));
+        assert!(is_binding_success(&msg));
     }
 }
