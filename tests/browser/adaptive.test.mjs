@@ -30,6 +30,15 @@ function limit(rate) {
   execFileSync(topology, ["limit", dir, rate]);
 }
 
+/// A process's counter from the server's /metrics, read inside the pod's namespace.
+function metric(name, labels) {
+  const text = execFileSync("ip", ["netns", "exec", env.POD_NS,
+    "curl", "-sS", "--max-time", "5", "http://127.0.0.1:8080/metrics"]).toString();
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{${labels}}`));
+  assert.ok(line, `no ${name}{${labels}} on /metrics`);
+  return Number(line.split(" ").pop());
+}
+
 /// What the page shows and Chromium counts for its video.
 function sample(page) {
   return page.evaluate(async () => {
@@ -126,6 +135,12 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
     console.log(`limit lifted: steady on hd ${up.toFixed(1)} s later; then ${JSON.stringify(after)}`);
     assert.equal(after.rendition, "hd");
     assert.ok(after.fps >= 10, `decodes on the top rendition again: ${after.fps} fps`);
+
+    // Chromium took up the goog-remb we answered with and sends its estimate.
+    const estimates = metric("webrtc_egress_process_bandwidth_estimates_total", 'process="cam1"');
+    const downs = metric("webrtc_egress_process_rendition_switches_total", 'process="cam1",direction="down"');
+    console.log(`bandwidth estimates read: ${estimates}; switches down: ${downs}`);
+    assert.ok(estimates > 0, "Chromium sent no REMB");
   } finally {
     limit("off");
     await context.close();
