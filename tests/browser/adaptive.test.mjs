@@ -147,6 +147,26 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
   }
 });
 
+test("the player's quality menu pins a rendition, and auto hands the choice back", async () => {
+  const { page, context } = await open("/play/cam1");
+  try {
+    await waitFor("the quality menu", () => page.isVisible("#quality"), 10000);
+    const options = await page.$$eval("#quality option", (os) => os.map((o) => o.value));
+    assert.deepEqual(options, ["", "hd", "sd"], "auto, then the ladder");
+    await Promise.all([page.waitForURL(/rendition=sd/), page.selectOption("#quality", "sd")]);
+    await secondsUntil(page, "the pinned low rendition", (s) => s.rendition === "sd", 20000);
+    // A free link would take an adaptive viewer to hd; a pinned one stays.
+    const pinned = await over(page, 5);
+    assert.equal(pinned.rendition, "sd", "stays on the pinned rendition");
+    assert.equal(await page.inputValue("#quality"), "sd");
+    await Promise.all([page.waitForURL((u) => !u.search.includes("rendition")),
+      page.selectOption("#quality", "")]);
+    await secondsUntil(page, "the top rendition again", (s) => s.rendition === "hd", 20000);
+  } finally {
+    await context.close();
+  }
+});
+
 test("for comparison: the same limit on a single-bitrate process", async () => {
   const { page, context } = await open("/play/flat");
   try {
