@@ -29,6 +29,8 @@ netns_up() {
 netns_down() {
   local rc=$?
   [ $rc -ne 0 ] && { echo "== serve log"; tail -n 30 "$dir/serve.log" 2>/dev/null || true; }
+  # SERVE_LOG_COPY=FILE keeps the whole log (with SERVE_LOG=debug, say) for a closer look.
+  [ -n "${SERVE_LOG_COPY:-}" ] && cp "$dir/serve.log" "$SERVE_LOG_COPY" 2>/dev/null
   tests/netns/topology down "$dir"
   exit $rc
 }

@@ -61,6 +61,7 @@ struct ProcessFamilies {
     join: Family<ProcessLabels, Histogram, fn() -> Histogram>,
     rendition_viewers: Family<RenditionLabels, Gauge>,
     switches: Family<SwitchLabels, Counter>,
+    estimates: Family<ProcessLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +94,7 @@ impl Default for ProcessFamilies {
             join: Family::new_with_constructor(join_histogram),
             rendition_viewers: Family::default(),
             switches: Family::default(),
+            estimates: Family::default(),
         }
     }
 }
@@ -121,6 +123,8 @@ pub struct ProcessMetrics {
     pub rendition_viewers: Vec<Gauge>,
     pub switches_up: Counter,
     pub switches_down: Counter,
+    /// Bandwidth estimates (REMB) its adaptive viewers sent.
+    pub estimates: Counter,
 }
 
 impl Default for Metrics {
@@ -303,6 +307,7 @@ impl Default for ProcessMetrics {
             rendition_viewers: Vec::new(),
             switches_up: Counter::default(),
             switches_down: Counter::default(),
+            estimates: Counter::default(),
         }
     }
 }
@@ -349,6 +354,11 @@ impl ProcessFamilies {
             "rendition switches of a process's viewers, up or down",
             self.switches.clone(),
         );
+        registry.register(
+            "bandwidth_estimates",
+            "receiver bandwidth estimates (REMB) read from a process's adaptive viewers, at most one a second each",
+            self.estimates.clone(),
+        );
     }
 }
 
@@ -367,10 +377,14 @@ impl Metrics {
             };
             f.switches.get_or_create(&labels).clone()
         };
-        let (switches_up, switches_down) = if renditions.is_empty() {
-            (Counter::default(), Counter::default())
+        let (switches_up, switches_down, estimates) = if renditions.is_empty() {
+            Default::default()
         } else {
-            (switch(Direction::up), switch(Direction::down))
+            (
+                switch(Direction::up),
+                switch(Direction::down),
+                f.estimates.get_or_create(&labels).clone(),
+            )
         };
         ProcessMetrics {
             rendition_viewers: renditions
@@ -385,6 +399,7 @@ impl Metrics {
                 .collect(),
             switches_up,
             switches_down,
+            estimates,
             viewers: f.viewers.get_or_create(&labels).clone(),
             packets: f.packets.get_or_create(&labels).clone(),
             bytes: f.bytes.get_or_create(&labels).clone(),
@@ -418,6 +433,7 @@ impl Metrics {
         f.dropped.remove(&labels);
         f.restarts.remove(&labels);
         f.join.remove(&labels);
+        f.estimates.remove(&labels);
     }
 }
 

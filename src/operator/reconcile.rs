@@ -72,6 +72,9 @@ pub async fn reconcile(egress: Arc<WebRTCEgress>, ctx: Arc<Context>) -> Result<A
         // The event and the status would not get through either.
         Err(error) if error.is_unavailable() => Err(error),
         Err(error) => {
+            // What was written before the failure is announced now: the retry will find it
+            // in place and have nothing to report.
+            report.publish_changes(&egress, &ctx).await;
             let message = error.to_string();
             ctx.publish(
                 &egress,
@@ -600,12 +603,16 @@ mod tests {
                 .starts_with("cannot apply Deployment studio-egress: "),
             "{error}"
         );
+        // The children written before the refusal are announced: the retry finds them in
+        // place and has nothing to report of them.
         assert_eq!(
             fake.write_summary(),
             [
                 SERVICE,
                 CONFIGMAP,
                 DEPLOYMENT,
+                "event Created",
+                "event Created",
                 "event ReconcileFailed",
                 STATUS
             ]

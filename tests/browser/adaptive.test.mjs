@@ -30,6 +30,15 @@ function limit(rate) {
   execFileSync(topology, ["limit", dir, rate]);
 }
 
+/// A process's counter from the server's /metrics, read inside the pod's namespace.
+function metric(name, labels) {
+  const text = execFileSync("ip", ["netns", "exec", env.POD_NS,
+    "curl", "-sS", "--max-time", "5", "http://127.0.0.1:8080/metrics"]).toString();
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{${labels}}`));
+  assert.ok(line, `no ${name}{${labels}} on /metrics`);
+  return Number(line.split(" ").pop());
+}
+
 /// What the page shows and Chromium counts for its video.
 function sample(page) {
   return page.evaluate(async () => {
@@ -126,8 +135,34 @@ test("a ladder viewer steps down on a 1 Mbit/s link, keeps decoding, and climbs 
     console.log(`limit lifted: steady on hd ${up.toFixed(1)} s later; then ${JSON.stringify(after)}`);
     assert.equal(after.rendition, "hd");
     assert.ok(after.fps >= 10, `decodes on the top rendition again: ${after.fps} fps`);
+
+    // Chromium took up the goog-remb we answered with and sends its estimate.
+    const estimates = metric("webrtc_egress_process_bandwidth_estimates_total", 'process="cam1"');
+    const downs = metric("webrtc_egress_process_rendition_switches_total", 'process="cam1",direction="down"');
+    console.log(`bandwidth estimates read: ${estimates}; switches down: ${downs}`);
+    assert.ok(estimates > 0, "Chromium sent no REMB");
   } finally {
     limit("off");
+    await context.close();
+  }
+});
+
+test("the player's quality menu pins a rendition, and auto hands the choice back", async () => {
+  const { page, context } = await open("/play/cam1");
+  try {
+    await waitFor("the quality menu", () => page.isVisible("#quality"), 10000);
+    const options = await page.$$eval("#quality option", (os) => os.map((o) => o.value));
+    assert.deepEqual(options, ["", "hd", "sd"], "auto, then the ladder");
+    await Promise.all([page.waitForURL(/rendition=sd/), page.selectOption("#quality", "sd")]);
+    await secondsUntil(page, "the pinned low rendition", (s) => s.rendition === "sd", 20000);
+    // A free link would take an adaptive viewer to hd; a pinned one stays.
+    const pinned = await over(page, 5);
+    assert.equal(pinned.rendition, "sd", "stays on the pinned rendition");
+    assert.equal(await page.inputValue("#quality"), "sd");
+    await Promise.all([page.waitForURL((u) => !u.search.includes("rendition")),
+      page.selectOption("#quality", "")]);
+    await secondsUntil(page, "the top rendition again", (s) => s.rendition === "hd", 20000);
+  } finally {
     await context.close();
   }
 });

@@ -23,15 +23,16 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
 };
 use std::net::{IpAddr, SocketAddr};
 
 use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
-use super::loss::{LossProbe, LossReports};
+use super::feedback::{FeedbackProbe, ViewerReports};
 
 /// Below every named slot of `rtc`'s registry (the lowest is 1_000): the wire end of the chain.
-const LOSS_PROBE_SLOT: usize = 100;
+const FEEDBACK_PROBE_SLOT: usize = 100;
 use super::factory::PeerFactoryConfig;
 use super::{SubscribeError, TrackKind};
 
@@ -59,7 +60,8 @@ pub struct Answered {
     pub audio: Option<TrackOut>,
 }
 
-fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
+/// `adaptive`: the viewer may change rendition, so we ask for its bandwidth estimate (REMB).
+fn media_engine(adaptive: bool) -> Result<(MediaEngine, Registry), SubscribeError> {
     let mut engine = MediaEngine::default();
     for (kind, rtp_kind, pt) in [
         (TrackKind::Video, RtpCodecKind::Video, H264_PT),
@@ -77,6 +79,17 @@ fn media_engine() -> Result<(MediaEngine, Registry), SubscribeError> {
     }
     // NACKs are answered from the sender's history; reports keep browsers' stats and A/V sync.
     let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
+    if adaptive {
+        // Offered without transport-cc, it makes Chromium estimate on the receiving side and
+        // send REMB; the answer carries it only if the offer had it.
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
+                parameter: String::new(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
     Ok((engine, registry))
 }
 
@@ -126,7 +139,7 @@ pub fn answer(
     config: &PeerFactoryConfig,
     stream_has_audio: bool,
     tcp: Option<&TcpCandidate>,
-    loss: Option<&LossReports>,
+    feedback: Option<&ViewerReports>,
 ) -> Result<Answered, SubscribeError> {
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SubscribeError::BadOffer(
@@ -142,12 +155,12 @@ pub fn answer(
     }
 
     let local_ufrag = random_token(16);
-    let (media_engine, mut registry) = media_engine()?;
-    if let Some(reports) = loss {
-        // Wire-most, so that it sees receiver reports before any interceptor consumes them.
+    let (media_engine, mut registry) = media_engine(feedback.is_some())?;
+    if let Some(reports) = feedback {
+        // Wire-most, so that it sees RTCP before any interceptor consumes it.
         registry = registry.with(
-            Slot::Custom(LOSS_PROBE_SLOT),
-            LossProbe::new(reports.clone()),
+            Slot::Custom(FEEDBACK_PROBE_SLOT),
+            FeedbackProbe::new(reports.clone()),
         );
     }
     let settings = SettingEngineBuilder::new()
@@ -307,4 +320,42 @@ fn negotiated(pc: &mut RTCPeerConnection, mut out: TrackOut, mime: &str) -> Opti
 /// An unguessable identifier for sessions and ETags.
 pub fn random_id() -> String {
     random_token(24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROMIUM_OFFER: &str = include_str!("../../../tests/fixtures/chromium-offer.sdp");
+
+    fn answer_sdp(feedback: Option<&ViewerReports>, offer: &str) -> String {
+        let config = PeerFactoryConfig {
+            advertised_ips: vec!["127.0.0.1".parse().unwrap()],
+            udp_port: 9,
+            ice_servers: vec![],
+            ice_tcp: false,
+        };
+        answer(offer, &config, true, None, feedback)
+            .unwrap()
+            .answer_sdp
+    }
+
+    fn h264_remb_lines(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.ends_with(" goog-remb")).collect()
+    }
+
+    #[test]
+    fn an_adaptive_viewer_is_asked_for_remb_and_only_if_it_offered_it() {
+        let reports = ViewerReports::default();
+        let adaptive = answer_sdp(Some(&reports), CHROMIUM_OFFER);
+        assert_eq!(h264_remb_lines(&adaptive).len(), 1, "{adaptive}");
+        assert!(!adaptive.contains("transport-cc"), "{adaptive}");
+        assert!(h264_remb_lines(&answer_sdp(None, CHROMIUM_OFFER)).is_empty());
+        let without: String = CHROMIUM_OFFER
+            .split_inclusive('\n')
+            .filter(|l| !l.contains("goog-remb"))
+            .collect();
+        let answered = answer_sdp(Some(&reports), &without);
+        assert!(h264_remb_lines(&answered).is_empty(), "{answered}");
+    }
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::factory::PeerFactoryConfig;
-use super::loss::LossReports;
+use super::feedback::ViewerReports;
 use super::outbox::Outbox;
 use super::peer::{self, TcpCandidate};
 use super::rendition::{Follower, Ladder};
@@ -278,13 +278,13 @@ impl Engine {
         let Subscription {
             stream, has_audio, ..
         } = to;
-        // Only a viewer free to change rendition needs its loss reports read.
-        let loss = to
+        // Only a viewer free to change rendition needs its reports read.
+        let reports = to
             .ladder
             .as_ref()
             .filter(|l| !l.pinned)
-            .map(|_| LossReports::default());
-        let probe = loss.clone();
+            .map(|_| ViewerReports::default());
+        let probe = reports.clone();
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
         let tcp = tcp.filter(|_| factory.ice_tcp);
@@ -343,7 +343,7 @@ impl Engine {
             created: Instant::now(),
             metrics: to.metrics,
             follower: to.ladder.map(Follower::new),
-            feedback: FeedbackRead::new(loss),
+            feedback: FeedbackRead::new(reports),
         };
         if self.shards[shard]
             .send(ShardMsg::Add(Box::new(subscriber)))

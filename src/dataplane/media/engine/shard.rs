@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::demux::{Route, local_candidate_for};
 use super::tcp::TcpLink;
 use super::{SessionId, Shared};
-use crate::dataplane::media::loss::LossReports;
+use crate::dataplane::media::feedback::{Latest, ViewerReports};
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::rendition::{Feedback, Follower};
@@ -110,36 +110,40 @@ pub(super) struct Subscriber {
     pub(super) feedback: FeedbackRead,
 }
 
-/// A ladder viewer's loss reports, as its peer's [`LossProbe`] notes them, and how many of
-/// them were handed on already.
+/// A ladder viewer's reports, as its peer's [`FeedbackProbe`] notes them, and which of them
+/// were handed on already.
 ///
-/// [`LossProbe`]: crate::dataplane::media::loss::LossProbe
+/// [`FeedbackProbe`]: crate::dataplane::media::feedback::FeedbackProbe
 pub(super) struct FeedbackRead {
-    reports: Option<LossReports>,
+    reports: Option<ViewerReports>,
     read_at: Instant,
-    seen: u64,
+    seen: Latest,
 }
 
 impl FeedbackRead {
-    pub(super) fn new(reports: Option<LossReports>) -> Self {
+    pub(super) fn new(reports: Option<ViewerReports>) -> Self {
         FeedbackRead {
             reports,
             read_at: Instant::now(),
-            seen: 0,
+            seen: Latest::default(),
         }
     }
 
-    /// The loss of a report on `ssrc` not handed on yet.
-    fn next(&mut self, ssrc: u32, now: Instant) -> Option<u8> {
+    /// The latest loss and estimate on `ssrc` not handed on yet.
+    fn next(&mut self, ssrc: u32, now: Instant) -> [Option<Feedback>; 2] {
         if now.saturating_duration_since(self.read_at) < FEEDBACK_EVERY {
-            return None;
+            return [None, None];
         }
         self.read_at = now;
-        let (count, fraction) = self.reports.as_ref()?.latest(ssrc)?;
-        (count > self.seen).then(|| {
-            self.seen = count;
-            fraction
-        })
+        let Some(latest) = self.reports.as_ref().and_then(|r| r.latest(ssrc)) else {
+            return [None, None];
+        };
+        let seen = std::mem::replace(&mut self.seen, latest);
+        [
+            (latest.loss_reports > seen.loss_reports)
+                .then_some(Feedback::Loss(latest.fraction_lost)),
+            (latest.estimates > seen.estimates).then_some(Feedback::Estimate(latest.estimate_kbps)),
+        ]
     }
 }
 
@@ -446,16 +450,19 @@ impl Shard {
         }
     }
 
-    /// Once a second, hands each ladder viewer's latest loss report to its follower.
+    /// Once a second, hands each ladder viewer's latest reports to its follower.
     fn read_feedback(&mut self, now: Instant) {
         for sub in self.peers.values_mut() {
             let (Some(follower), Some(video), true) = (&mut sub.follower, sub.video, sub.connected)
             else {
                 continue;
             };
-            if let Some(loss) = sub.feedback.next(video.ssrc, now) {
-                follower.on_feedback(Feedback::Loss(loss), now);
-                debug!(session = %sub.id, loss, rendition = follower.current(), "viewer loss report");
+            for feedback in sub.feedback.next(video.ssrc, now).into_iter().flatten() {
+                if let Feedback::Estimate(_) = feedback {
+                    sub.metrics.estimates.inc();
+                }
+                follower.on_feedback(feedback, now);
+                debug!(session = %sub.id, ?feedback, rendition = follower.current(), "viewer report");
             }
         }
     }
@@ -578,6 +585,7 @@ impl Subscriber {
                 media.keyframe_start,
                 header.sequence_number,
                 header.timestamp,
+                packet.payload.len(),
                 now,
             );
             let Some(((seq, timestamp), switched)) = admitted else {
