@@ -1,17 +1,33 @@
 //! Outgoing datagrams of one shard, sent in batches: one `sendmmsg` call for what a media packet
-//! fans out to every subscriber, instead of a `sendto` per datagram.
+//! fans out to every subscriber, instead of a `sendto` per datagram. A run of equal-sized
+//! datagrams to one viewer (a video frame's packets) goes as one GSO message (`UDP_SEGMENT`):
+//! the kernel walks its stack once for the run and cuts it into the same datagrams.
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
 
-/// Most datagrams handed to the kernel in one call (Linux caps `sendmmsg` at 1024).
+/// Most messages handed to the kernel in one call (Linux caps `sendmmsg` at 1024).
 const MAX_BATCH: usize = 1024;
+/// Most datagrams in one GSO message (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO message: its UDP length must fit 16 bits.
+const MAX_GSO_BYTES: usize = 65_000;
 
-#[derive(Default)]
 pub struct Outbox {
     queued: Vec<(SocketAddr, BytesMut)>,
+    /// Cleared when the kernel refuses a GSO message (a device without checksum offload).
+    gso: bool,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            queued: Vec::new(),
+            gso: cfg!(target_os = "linux"),
+        }
+    }
 }
 
 /// What one `send` achieved.
@@ -33,22 +49,71 @@ impl Outbox {
 
     /// Sends everything queued without blocking; what the kernel will not take now is dropped.
     pub fn send(&mut self, socket: &UdpSocket) -> Sent {
+        let runs = runs(&self.queued, self.gso);
         let mut result = Sent::default();
-        for chunk in self.queued.chunks(MAX_BATCH) {
-            let sent = send_batch(socket, chunk);
+        let mut first = 0;
+        for chunk in runs.chunks(MAX_BATCH) {
+            let count: usize = chunk.iter().sum();
+            let batch = &self.queued[first..first + count];
+            let sent = send_batch(socket, batch, chunk, &mut self.gso);
             result.sent += sent;
-            result.dropped += chunk.len() - sent;
+            result.dropped += count - sent;
+            first += count;
         }
         self.queued.clear();
         result
     }
 }
 
+/// Splits the queue into messages: the datagram counts of runs to one destination, every
+/// datagram of a run but the last of the same size and the last no bigger (as GSO requires);
+/// runs of one without GSO.
+fn runs(queued: &[(SocketAddr, BytesMut)], gso: bool) -> Vec<usize> {
+    let mut runs: Vec<usize> = Vec::new();
+    let mut start = 0;
+    for (i, (dest, datagram)) in queued.iter().enumerate() {
+        let (first_dest, first) = &queued[start];
+        let (n, bytes) = (i - start, first.len() * (i - start + 1));
+        let joins = gso
+            && n > 0
+            && dest == first_dest
+            && n < MAX_SEGMENTS
+            && bytes <= MAX_GSO_BYTES
+            && datagram.len() <= first.len()
+            // the one before is not a shorter, closing one
+            && queued[i - 1].1.len() == first.len();
+        if joins {
+            continue;
+        }
+        if i > start {
+            runs.push(i - start);
+        }
+        start = i;
+    }
+    if queued.len() > start {
+        runs.push(queued.len() - start);
+    }
+    runs
+}
+
 #[cfg(target_os = "linux")]
-fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> usize {
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Sends `batch`, cut into messages of `runs` datagrams; returns the datagrams sent.
+#[cfg(target_os = "linux")]
+fn send_batch(
+    socket: &UdpSocket,
+    batch: &[(SocketAddr, BytesMut)],
+    runs: &[usize],
+    gso: &mut bool,
+) -> usize {
     use std::os::fd::AsRawFd;
 
-    let addrs: Vec<socket2::SockAddr> = batch.iter().map(|(a, _)| (*a).into()).collect();
+    /// Room for one `UDP_SEGMENT` control message (a u16), aligned as cmsghdr wants.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    struct Control([u8; 24]);
+
     let mut iovecs: Vec<libc::iovec> = batch
         .iter()
         .map(|(_, d)| libc::iovec {
@@ -56,22 +121,43 @@ fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> usize {
             iov_len: d.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .zip(&addrs)
-        .map(|(iov, addr)| {
-            // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-            let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-            hdr.msg_hdr.msg_namelen = addr.len();
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr
-        })
-        .collect();
-    let mut done = 0;
+    let mut firsts = Vec::with_capacity(runs.len());
+    let mut at = 0;
+    for run in runs {
+        firsts.push(at);
+        at += run;
+    }
+    let addrs: Vec<socket2::SockAddr> = firsts.iter().map(|i| batch[*i].0.into()).collect();
+    let mut controls = vec![Control([0; 24]); runs.len()];
+    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
+    for (k, (&first, &run)) in firsts.iter().zip(runs).enumerate() {
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let addr = &addrs[k];
+        hdr.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+        hdr.msg_hdr.msg_namelen = addr.len();
+        hdr.msg_hdr.msg_iov = iovecs[first..].as_mut_ptr();
+        hdr.msg_hdr.msg_iovlen = run as _;
+        if run > 1 {
+            let control = &mut controls[k];
+            hdr.msg_hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the buffer holds CMSG_SPACE(2).
+            unsafe {
+                hdr.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                let segment = batch[first].1.len() as u16;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
+            }
+        }
+        headers.push(hdr);
+    }
+    let mut datagrams: Vec<usize> = runs.to_vec();
+    let (mut done, mut sent) = (0, 0);
     while done < headers.len() {
-        // SAFETY: `headers[done..]` points at live iovecs, buffers and addresses.
+        // SAFETY: `headers[done..]` points at live iovecs, buffers, addresses and controls.
         let n = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
@@ -81,26 +167,38 @@ fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> usize {
             )
         };
         if n > 0 {
+            sent += datagrams[done..done + n as usize].iter().sum::<usize>();
             done += n as usize;
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {
             continue;
-        } else if n < 0 && done < headers.len() {
-            // Full buffer or an unreachable destination: skip that one datagram, keep going.
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::WouldBlock {
-                break;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => break,
+            _ => {
+                // A device without checksum offload refuses GSO (EIO): no more of it; the
+                // message is dropped like any other that fails, and later ones go one by one.
+                if datagrams[done] > 1
+                    && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+                {
+                    *gso = false;
+                }
+                // Full buffer or an unreachable destination: skip that message, keep going.
+                headers.remove(done);
+                datagrams.remove(done);
             }
-            headers.remove(done);
-        } else {
-            break;
         }
     }
-    done
+    sent
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, BytesMut)]) -> usize {
+fn send_batch(
+    socket: &UdpSocket,
+    batch: &[(SocketAddr, BytesMut)],
+    _runs: &[usize],
+    _gso: &mut bool,
+) -> usize {
     batch
         .iter()
         .filter(|(dest, d)| socket.try_send_to(d, *dest).is_ok())
@@ -136,6 +234,35 @@ mod tests {
                 let (n, _) = socket.recv_from(&mut buf).await.unwrap();
                 assert_eq!(&buf[..n], &[e]);
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_to_one_viewer_arrives_as_the_datagrams_it_was() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut outbox = Outbox::default();
+        let datagrams: [(SocketAddr, &[u8]); 6] = [
+            (to_a, &[1, 1, 1]),
+            (to_a, &[2, 2, 2]),
+            (to_a, &[3, 3]),
+            (to_a, &[4, 4, 4]),
+            (to_b, &[5]),
+            (to_b, &[6, 6]),
+        ];
+        for (dest, d) in datagrams {
+            outbox.push(dest, BytesMut::from(d));
+        }
+        assert_eq!(runs(&outbox.queued, true), vec![3, 1, 1, 1]);
+        assert_eq!(runs(&outbox.queued, false), vec![1; 6]);
+        assert_eq!(outbox.send(&sender).sent, 6);
+        let mut buf = [0u8; 8];
+        for (dest, d) in datagrams {
+            let socket = if dest == to_a { &a } else { &b };
+            let (n, _) = socket.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], d);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! or, for an address not seen yet, by the local ufrag in the STUN USERNAME.
 
 mod demux;
+mod fanout;
+mod keyframes;
 mod shard;
 mod tcp;
 
@@ -31,6 +33,8 @@ use super::rendition::{Follower, Ladder};
 use super::{MediaPacket, StreamKey, SubscribeError};
 use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
+use fanout::Fanout;
+use keyframes::KeyframeCache;
 use shard::{FeedbackRead, Shard, ShardMsg, Subscriber};
 
 pub type SessionId = Arc<str>;
@@ -92,6 +96,9 @@ struct Shared {
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
     /// Streams torn down: late subscribers to them are refused, even if already in flight.
     closed_streams: Mutex<HashSet<StreamKey>>,
+    /// Which shards hold each stream's sessions; moved with `sessions`, under its lock.
+    fanout: Fanout,
+    keyframes: KeyframeCache,
     metrics: Metrics,
 }
 
@@ -105,7 +112,9 @@ impl Shared {
             }
         }
         drop(routes);
-        if let Some(info) = self.sessions.lock().unwrap().remove(id) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if let Some(info) = sessions.remove(id) {
+            self.fanout.leave(info.stream, info.shard);
             info.viewers.dec();
             self.metrics.sessions_closed.inc();
             self.metrics.sessions_active.dec();
@@ -116,7 +125,6 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
-    next_shard: AtomicUsize,
     max_sessions: usize,
     /// `spec.limits.maxViewersPerPod`, changeable at run time; `usize::MAX` when unset.
     viewer_limit: AtomicUsize,
@@ -137,6 +145,8 @@ impl Engine {
             routes: RwLock::default(),
             sessions: Mutex::default(),
             closed_streams: Mutex::default(),
+            fanout: Fanout::default(),
+            keyframes: KeyframeCache::default(),
             metrics,
         });
         let mut tasks = Vec::new();
@@ -150,8 +160,8 @@ impl Engine {
                 peers: HashMap::new(),
                 by_stream: HashMap::new(),
                 stream_metrics: HashMap::new(),
-                keyframe_cache: HashMap::new(),
                 outbox: Outbox::default(),
+                timers: Default::default(),
             };
             tasks.push(tokio::spawn(shard.run(rx)));
         }
@@ -164,7 +174,6 @@ impl Engine {
         Ok(Arc::new(Engine {
             shared,
             shards,
-            next_shard: AtomicUsize::new(0),
             max_sessions: config.max_sessions,
             viewer_limit: AtomicUsize::new(usize::MAX),
             tcp_permits: Arc::new(Semaphore::new(config.max_sessions + TCP_SLACK)),
@@ -198,13 +207,15 @@ impl Engine {
         self.shared.socket.local_addr()
     }
 
-    /// Hands a Source's burst of packets to every shard; never blocks, drops (and counts, in
-    /// total and in the process's `dropped`) when full.
+    /// Notes a Source's burst of packets in the keyframe cache and hands it to every shard
+    /// holding a viewer of `stream`; never blocks, drops (and counts, in total and in the
+    /// process's `dropped`) when full.
     pub fn dispatch(&self, stream: StreamKey, packets: Vec<Arc<MediaPacket>>, dropped: &Counter) {
+        self.shared.keyframes.note(stream, &packets);
         let count = packets.len() as u64;
         let packets: Arc<[Arc<MediaPacket>]> = packets.into();
-        for shard in &self.shards {
-            if shard
+        self.shared.fanout.each_shard(stream, |shard| {
+            if self.shards[shard]
                 .try_send(ShardMsg::Media {
                     stream,
                     packets: packets.clone(),
@@ -214,7 +225,7 @@ impl Engine {
                 self.shared.metrics.media_dropped.inc_by(count);
                 dropped.inc_by(count);
             }
-        }
+        });
     }
 
     /// Sets the resource's cap on viewers per pod (`None`: only `--max-sessions`). Lowering it
@@ -297,13 +308,14 @@ impl Engine {
         .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
         let session: SessionId = peer::random_id().into();
         let etag = format!("\"{}\"", peer::random_id());
-        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        {
+        let shard = {
             let mut sessions = self.shared.sessions.lock().unwrap();
             if self.shared.closed_streams.lock().unwrap().contains(&stream) {
                 return Err(SubscribeError::StreamGone);
             }
             self.check_room(&sessions, &to)?;
+            let shard = self.shared.fanout.place(stream, self.shards.len());
+            self.shared.fanout.join(stream, shard, self.shards.len());
             sessions.insert(
                 session.clone(),
                 SessionInfo {
@@ -315,7 +327,8 @@ impl Engine {
                 },
             );
             to.metrics.viewers.inc();
-        }
+            shard
+        };
         self.shared.routes.write().unwrap().by_ufrag.insert(
             answered.local_ufrag.clone(),
             Route {
@@ -344,6 +357,8 @@ impl Engine {
             metrics: to.metrics,
             follower: to.ladder.map(Follower::new),
             feedback: FeedbackRead::new(reports),
+            replayed: None,
+            timer: None,
         };
         if self.shards[shard]
             .send(ShardMsg::Add(Box::new(subscriber)))
@@ -447,6 +462,7 @@ impl Engine {
             let _sessions = self.shared.sessions.lock().unwrap();
             self.shared.closed_streams.lock().unwrap().insert(stream);
         }
+        self.shared.keyframes.forget(stream);
         let mut closed = 0;
         for shard in &self.shards {
             let (reply, rx) = oneshot::channel();

@@ -1,7 +1,8 @@
 //! A shard: one task owning a set of peer connections (`Send`, not `Sync`), fed datagrams,
 //! media and commands through one queue, sending what its peers produce in batches.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +30,10 @@ use crate::dataplane::metrics::{ProcessMetrics, Transport};
 
 /// How long a new peer may take to connect before it is reaped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Packets kept per stream so a new viewer starts at the latest keyframe, not the next one.
-const KEYFRAME_CACHE_LIMIT: usize = 4096;
-const TICK: Duration = Duration::from_millis(10);
+/// How late a peer's timer may fire, so that timers due close together share one wake-up.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
+/// How often a shard with peers replays nominations, reads loss reports and reaps the stale.
+const CHORES: Duration = Duration::from_millis(50);
 /// How often a nomination `rtc` may have ignored is handed back to it.
 const NOMINATION_REPLAY: Duration = Duration::from_millis(50);
 /// How often a ladder viewer's receiver reports are looked at (browsers send about one a second).
@@ -108,6 +110,11 @@ pub(super) struct Subscriber {
     /// The rendition it follows, for a process with a ladder.
     pub(super) follower: Option<Follower>,
     pub(super) feedback: FeedbackRead,
+    /// The rendition and sequence number of the last packet of the keyframe replay: bursts
+    /// still queued for the shard when it connected repeat them, and are skipped up to there.
+    pub(super) replayed: Option<(u8, u16)>,
+    /// When `rtc` wants `handle_timeout`, as queued in the shard's timers.
+    pub(super) timer: Option<Instant>,
 }
 
 /// A ladder viewer's reports, as its peer's [`FeedbackProbe`] notes them, and which of them
@@ -166,10 +173,12 @@ pub(super) struct Shard {
     pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
     /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
     pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
-    /// Per stream and rendition.
-    pub(super) keyframe_cache: HashMap<(StreamKey, u8), Vec<Arc<MediaPacket>>>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
     pub(super) outbox: Outbox,
+    /// Every peer's next timeout, earliest first; an entry whose peer's `timer` no longer
+    /// matches is stale and skipped. The shard sleeps until the earliest instead of polling
+    /// every peer on a fixed tick.
+    pub(super) timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
 }
 
 /// What a peer's outputs say should happen to it.
@@ -188,16 +197,31 @@ struct Flushed {
 
 impl Shard {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut chores = tokio::time::interval(CHORES);
+        chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, moved only when the earliest deadline changes.
+        let mut armed: Option<Instant> = None;
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
         loop {
+            let wake = self.timers.peek().map(|Reverse((at, _))| *at + TIMER_SLACK);
+            if let Some(at) = wake
+                && wake != armed
+            {
+                sleep.as_mut().reset(at.into());
+            }
+            armed = wake;
             let keep_going = tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle_burst(msg, &mut rx),
                     None => false,
                 },
-                _ = tick.tick() => {
-                    self.on_tick();
+                _ = &mut sleep, if armed.is_some() => {
+                    self.on_timers();
+                    true
+                }
+                _ = chores.tick(), if !self.peers.is_empty() => {
+                    self.on_chores();
                     true
                 }
             };
@@ -286,7 +310,6 @@ impl Shard {
                 let _ = reply.send(self.reap(&session, "deleted by client"));
             }
             ShardMsg::DropStream { stream, reply } => {
-                self.keyframe_cache.retain(|(s, _), _| *s != stream);
                 self.stream_metrics.remove(&stream);
                 let ids = self.by_stream.remove(&stream).unwrap_or_default();
                 let closed = ids
@@ -383,18 +406,6 @@ impl Shard {
     }
 
     fn on_media(&mut self, stream: StreamKey, packets: &[Arc<MediaPacket>]) {
-        for packet in packets.iter().filter(|p| p.kind == TrackKind::Video) {
-            let cache = self
-                .keyframe_cache
-                .entry((stream, packet.rendition))
-                .or_default();
-            if packet.keyframe_start {
-                cache.clear();
-            }
-            if (!cache.is_empty() || packet.keyframe_start) && cache.len() < KEYFRAME_CACHE_LIMIT {
-                cache.push(packet.clone());
-            }
-        }
         let Some(ids) = self.by_stream.get(&stream) else {
             return;
         };
@@ -407,9 +418,15 @@ impl Shard {
                 // The whole burst, then one pass through the peer's pipeline; the viewer's
                 // datagrams end up next to each other in the outbox.
                 for packet in packets {
-                    forwarded += sub.write_media(packet, now) as u64;
+                    if !sub.already_replayed(packet) {
+                        forwarded += sub.write_media(packet, now) as u64;
+                    }
                 }
                 bytes += flush_writes(&self.shared, self.index, sub, &mut self.outbox);
+                // Writing arms `rtc`'s sender reports if nothing else is pending.
+                if sub.timer.is_none() {
+                    sub.rearm(&mut self.timers);
+                }
             }
         }
         self.shared.metrics.rtp_packets_forwarded.inc_by(forwarded);
@@ -419,26 +436,43 @@ impl Shard {
         }
     }
 
-    fn on_tick(&mut self) {
+    /// Hands `rtc` the timeouts due; each peer's next one is queued again as it is serviced.
+    fn on_timers(&mut self) {
         let now = Instant::now();
-        self.replay_nominations(now);
-        self.read_feedback(now);
-        let ids: Vec<SessionId> = self
-            .peers
-            .iter_mut()
-            .filter_map(|(id, sub)| {
-                let due = sub.pc.poll_timeout().is_some_and(|t| t <= now);
-                due.then(|| id.clone())
-            })
-            .collect();
-        for id in ids {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _))) = self.timers.peek()
+            && *at <= now
+        {
+            let Reverse((at, id)) = self.timers.pop().unwrap();
             if let Some(sub) = self.peers.get_mut(&id)
-                && let Err(e) = sub.pc.handle_timeout(now)
+                && sub.timer == Some(at)
             {
+                sub.timer = None;
+                due.push(id);
+            }
+        }
+        for id in due {
+            let Some(sub) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if let Err(e) = sub.pc.handle_timeout(now) {
                 debug!(session = %id, error = %e, "timeout handling failed");
             }
             self.service(&id);
+            // A timeout `rtc` did not move on is retried later, not in a busy loop.
+            if let Some(sub) = self.peers.get_mut(&id)
+                && sub.timer.is_some_and(|t| t <= now)
+            {
+                sub.timer = Some(now + TIMER_SLACK);
+                self.timers.push(Reverse((now + TIMER_SLACK, id)));
+            }
         }
+    }
+
+    fn on_chores(&mut self) {
+        let now = Instant::now();
+        self.replay_nominations(now);
+        self.read_feedback(now);
         let stale: Vec<SessionId> = self
             .peers
             .values()
@@ -524,11 +558,13 @@ impl Shard {
                 if sub.follower.is_some() {
                     sub.metrics.rendition_viewers_add(rendition, 1);
                 }
-                if let Some(cache) = self.keyframe_cache.get(&(sub.stream, rendition)) {
+                let cache = self.shared.keyframes.replay(sub.stream, rendition);
+                if let Some(last) = cache.last() {
                     let mut sent = 0;
-                    for packet in cache {
+                    for packet in &cache {
                         sent += sub.write_media(packet, now) as u64;
                     }
+                    sub.replayed = Some((rendition, last.packet.header.sequence_number));
                     self.shared.metrics.rtp_packets_forwarded.inc_by(sent);
                     sub.metrics.packets.inc_by(sent);
                 }
@@ -537,7 +573,11 @@ impl Shard {
             }
             Verdict::Reap(reason) => {
                 self.reap(id, reason);
+                return;
             }
+        }
+        if let Some(sub) = self.peers.get_mut(id) {
+            sub.rearm(&mut self.timers);
         }
     }
 
@@ -565,6 +605,34 @@ impl Shard {
 }
 
 impl Subscriber {
+    /// Queues the peer's next timeout if it changed.
+    fn rearm(&mut self, timers: &mut BinaryHeap<Reverse<(Instant, SessionId)>>) {
+        let next = self.pc.poll_timeout();
+        if next != self.timer {
+            self.timer = next;
+            if let Some(at) = next {
+                timers.push(Reverse((at, self.id.clone())));
+            }
+        }
+    }
+
+    /// True for a video packet the keyframe replay sent already; the first later one ends the
+    /// check.
+    fn already_replayed(&mut self, media: &MediaPacket) -> bool {
+        let Some((rendition, last)) = self.replayed else {
+            return false;
+        };
+        if media.kind != TrackKind::Video || media.rendition != rendition {
+            return false;
+        }
+        let seq = media.packet.header.sequence_number;
+        let behind = (seq.wrapping_sub(last) as i16) <= 0;
+        if !behind {
+            self.replayed = None;
+        }
+        behind
+    }
+
     /// Stamps this subscriber's SSRC and payload type on a shared packet and sends it; with a
     /// ladder, only packets of the rendition it follows, renumbered as one track.
     fn write_media(&mut self, media: &MediaPacket, now: Instant) -> bool {
