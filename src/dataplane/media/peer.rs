@@ -29,12 +29,12 @@ use rtc::rtp_transceiver::rtp_sender::{
 use std::net::{IpAddr, SocketAddr};
 
 use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
+use super::factory::PeerFactoryConfig;
 use super::feedback::{FeedbackProbe, ViewerReports};
+use super::{SubscribeError, TrackKind};
 
 /// Below every named slot of `rtc`'s registry (the lowest is 1_000): the wire end of the chain.
 const FEEDBACK_PROBE_SLOT: usize = 100;
-use super::factory::PeerFactoryConfig;
-use super::{SubscribeError, TrackKind};
 
 const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a baseline profile";
 /// Our connectivity checks are paced at 50 ms instead of the core's 200 ms. A viewer's

@@ -34,12 +34,17 @@ pub fn local_ufrag(data: &[u8]) -> Option<&str> {
 
 /// Whether `head` (at least 8 bytes) starts a STUN binding request: its type and magic cookie.
 pub fn is_binding_request_start(head: &[u8]) -> bool {
-    head.get(..2) == Some(&BINDING_REQUEST[..]) && head.get(4..8) == Some(&MAGIC[..])
+    starts_as(head, BINDING_REQUEST)
+}
+
+/// Whether `head` begins a STUN message of type `typ` (with the magic cookie).
+fn starts_as(head: &[u8], typ: [u8; 2]) -> bool {
+    head.get(..2) == Some(&typ[..]) && head.get(4..8) == Some(&MAGIC[..])
 }
 
 /// A binding success response: the answer to one of our connectivity checks.
 pub fn is_binding_success(data: &[u8]) -> bool {
-    data.len() >= 20 && data[..2] == BINDING_SUCCESS && data[4..8] == MAGIC
+    data.len() >= 20 && starts_as(data, BINDING_SUCCESS)
 }
 
 /// A binding request carrying USE-CANDIDATE: the viewer nominating the pair it arrived on.

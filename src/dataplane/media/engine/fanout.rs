@@ -19,28 +19,14 @@ pub(super) struct Fanout {
 }
 
 impl Fanout {
-    /// The shard for a new viewer of `stream`, among `shards`: the one holding most of the
-    /// stream's viewers while it has fewer than [`AFFINITY`], else the least loaded.
-    pub(super) fn place(&self, stream: StreamKey, shards: usize) -> usize {
-        let held = self.held.read().unwrap();
-        if let Some(mine) = held.get(&stream)
-            && mine.iter().sum::<usize>() < AFFINITY
-            && let Some((shard, _)) = mine
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
-        {
-            return shard;
-        }
-        let load = |shard: usize| -> usize { held.values().filter_map(|v| v.get(shard)).sum() };
-        (0..shards).min_by_key(|s| load(*s)).unwrap_or(0)
-    }
-
-    pub(super) fn join(&self, stream: StreamKey, shard: usize, shards: usize) {
+    /// Places a new viewer of `stream` on one of `shards` and counts it there: the shard
+    /// holding most of the stream's viewers while it has fewer than [`AFFINITY`], else the
+    /// least loaded. One write lock, so two joins cannot both see the same counts.
+    pub(super) fn join(&self, stream: StreamKey, shards: usize) -> usize {
         let mut held = self.held.write().unwrap();
-        let counts = held.entry(stream).or_insert_with(|| vec![0; shards]);
-        counts[shard] += 1;
+        let shard = place(&held, stream, shards);
+        held.entry(stream).or_insert_with(|| vec![0; shards])[shard] += 1;
+        shard
     }
 
     pub(super) fn leave(&self, stream: StreamKey, shard: usize) {
@@ -65,6 +51,21 @@ impl Fanout {
     }
 }
 
+fn place(held: &HashMap<StreamKey, Vec<usize>>, stream: StreamKey, shards: usize) -> usize {
+    if let Some(mine) = held.get(&stream)
+        && mine.iter().sum::<usize>() < AFFINITY
+        && let Some((shard, _)) = mine
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
+    {
+        return shard;
+    }
+    let load = |shard: usize| -> usize { held.values().filter_map(|v| v.get(shard)).sum() };
+    (0..shards).min_by_key(|s| load(*s)).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,16 +81,13 @@ mod tests {
         let f = Fanout::default();
         let (a, b) = (StreamKey(1), StreamKey(2));
         for _ in 0..10 {
-            let s = f.place(a, 2);
-            f.join(a, s, 2);
+            f.join(a, 2);
         }
         assert_eq!(shards_of(&f, a), vec![0]);
         // Another stream starts on the less loaded shard.
-        let s = f.place(b, 2);
-        assert_eq!(s, 1);
-        for _ in 0..290 {
-            let s = f.place(b, 2);
-            f.join(b, s, 2);
+        assert_eq!(f.join(b, 2), 1);
+        for _ in 0..289 {
+            f.join(b, 2);
         }
         let held = f.held.read().unwrap();
         let load: Vec<usize> = (0..2).map(|s| held.values().map(|v| v[s]).sum()).collect();
@@ -101,10 +99,14 @@ mod tests {
         let f = Fanout::default();
         let a = StreamKey(1);
         assert!(shards_of(&f, a).is_empty());
-        f.join(a, 1, 2);
+        let b = StreamKey(2);
+        f.join(b, 2);
+        // The least loaded shard is 1 now.
+        assert_eq!(f.join(a, 2), 1);
         assert_eq!(shards_of(&f, a), vec![1]);
         f.leave(a, 1);
         assert!(shards_of(&f, a).is_empty());
+        f.leave(b, 0);
         assert!(f.held.read().unwrap().is_empty());
     }
 }

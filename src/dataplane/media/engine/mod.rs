@@ -314,8 +314,7 @@ impl Engine {
                 return Err(SubscribeError::StreamGone);
             }
             self.check_room(&sessions, &to)?;
-            let shard = self.shared.fanout.place(stream, self.shards.len());
-            self.shared.fanout.join(stream, shard, self.shards.len());
+            let shard = self.shared.fanout.join(stream, self.shards.len());
             sessions.insert(
                 session.clone(),
                 SessionInfo {

@@ -36,7 +36,8 @@ const TIMER_SLACK: Duration = Duration::from_millis(5);
 const CHORES: Duration = Duration::from_millis(50);
 /// How often a nomination `rtc` may have ignored is handed back to it.
 const NOMINATION_REPLAY: Duration = Duration::from_millis(50);
-/// How often a ladder viewer's receiver reports are looked at (browsers send about one a second).
+/// How often a ladder viewer's reports (loss, REMB) are looked at (browsers send about one a
+/// second).
 const FEEDBACK_EVERY: Duration = Duration::from_secs(1);
 /// ICE-TCP connections kept per session.
 const MAX_TCP_LINKS: usize = 2;
@@ -59,7 +60,7 @@ pub(super) enum ShardMsg {
         session: SessionId,
         peer: SocketAddr,
     },
-    /// A Source's burst, shared by every shard.
+    /// A Source's burst, shared by every shard holding a viewer of the stream.
     Media {
         stream: StreamKey,
         packets: Arc<[Arc<MediaPacket>]>,
