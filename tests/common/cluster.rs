@@ -389,13 +389,11 @@ impl Proc {
         self.child.try_wait().unwrap().is_none()
     }
     pub fn kill_hard(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::sigkill(&mut self.child);
     }
     /// SIGTERM, as the kubelet stops a pod; the process drains and exits on its own.
     pub fn terminate(&self) {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        super::sigterm(&self.child);
     }
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -159,14 +159,12 @@ impl Server {
 
     /// SIGKILL: the server gets no chance to clean up.
     pub fn kill_hard(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        sigkill(&mut self.child);
     }
 
     /// SIGTERM, as Kubernetes stops a pod; does not wait.
     pub fn terminate(&self) {
-        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        sigterm(&self.child);
     }
 
     pub fn pid(&self) -> u32 {
@@ -187,8 +185,7 @@ impl Drop for Server {
 /// SIGTERM first, so the process closes its sessions and stops its FFmpegs itself; SIGKILL
 /// if it has not exited after 10 s.
 pub fn stop_gracefully(child: &mut Child) {
-    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sigterm(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -196,6 +193,17 @@ pub fn stop_gracefully(child: &mut Child) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    sigkill(child);
+}
+
+/// SIGTERM to a process we spawned; does not wait.
+pub fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// SIGKILL, then reap it.
+pub fn sigkill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
