@@ -118,6 +118,7 @@ async fn subscribe_all(args: &BenchArgs) -> Ramp {
             token: args.token.clone(),
             inspect_media: args.inspect_media,
             transport: args.transport,
+            drop_video_every: None,
         };
         tasks.spawn(async move {
             let result = subscribe(opts).await;

@@ -531,6 +531,40 @@ async fn a_viewer_that_vanishes_is_reaped() {
     println!("silent viewer reaped after {:?}", gone_at.elapsed());
 }
 
+/// A viewer that discards every 10th video packet on arrival, as a lossy link would, gets each
+/// one back: its NACKs are answered from the server's send history. The server's sender
+/// reports arrive too (browsers need them for A/V sync and their stats).
+#[tokio::test]
+async fn nacked_video_is_retransmitted_and_sender_reports_arrive() {
+    let server = Server::start(&[Process::test_pattern("cam1")], &[]);
+    server.wait_live("cam1").await;
+    let viewer = subscribe(ViewerOptions {
+        drop_video_every: Some(10),
+        ..ViewerOptions::new(server.whep_url("cam1"))
+    })
+    .await
+    .unwrap();
+    let stats = viewer
+        .wait_for(
+            |s| s.dropped_on_purpose >= 20 && s.nacks_sent > 0 && s.sender_reports >= 2,
+            MEDIA,
+        )
+        .await
+        .expect("drops, NACKs and sender reports");
+    println!(
+        "dropped {}, NACKs {}, lost {}, sender reports {}",
+        stats.dropped_on_purpose, stats.nacks_sent, stats.lost, stats.sender_reports
+    );
+    // The latest drops may still be on their way back; without retransmission every drop
+    // would stay lost.
+    let stats = viewer
+        .wait_for(|s| s.lost * 4 < s.dropped_on_purpose, MEDIA)
+        .await
+        .expect("drops recovered");
+    assert!(stats.video_packets > stats.dropped_on_purpose);
+    viewer.close().await;
+}
+
 #[tokio::test]
 async fn cheap_viewer_counts_media_without_decrypting() {
     let server = Server::start(&[Process::test_pattern("cam1")], &[]);

@@ -19,6 +19,12 @@ pub(super) struct Driver {
     pub(super) tcp: Option<ActiveTcp>,
     pub(super) kinds: PayloadKinds,
     pub(super) loss: LossBySsrc,
+    /// See [`ViewerOptions::drop_video_every`]; `dropped` holds what was discarded, so that
+    /// its retransmission gets through.
+    pub(super) drop_video_every: Option<u16>,
+    pub(super) dropped: HashSet<(u32, u16)>,
+    /// When the RTCP figures of `rtc`'s stats were last copied into ours.
+    pub(super) stats_read_at: Instant,
     pub(super) inspect: bool,
     pub(super) shared: Arc<Shared>,
 }
@@ -43,9 +49,11 @@ impl Driver {
                     return;
                 }
                 () = &mut timer => {
-                    if let Err(err) = self.pc.handle_timeout(Instant::now()) {
+                    let now = Instant::now();
+                    if let Err(err) = self.pc.handle_timeout(now) {
                         debug!(%err, "handle_timeout");
                     }
+                    self.read_rtcp_stats(now);
                     touched = true;
                 }
                 ready = self.socket.readable() => {
@@ -134,6 +142,10 @@ impl Driver {
         match classify(data) {
             Datagram::Rtp => {
                 if let Some(header) = RtpHeader::parse(data) {
+                    if self.drops(&header) {
+                        self.shared.stats().dropped_on_purpose += 1;
+                        return false;
+                    }
                     self.count_rtp(&header, data.len(), now);
                 }
                 if !self.inspect {
@@ -141,6 +153,11 @@ impl Driver {
                 }
             }
             Datagram::Dtls if is_dtls_alert(data) => self.note_server_close(now),
+            // SRTCP leaves the first header in clear (RFC 3711 §3.4): a compound starting with
+            // a sender report.
+            Datagram::Rtcp if data[1] == RTCP_SENDER_REPORT => {
+                self.shared.stats().sender_reports += 1;
+            }
             _ => {}
         }
         let msg = TaggedBytesMut {
@@ -157,6 +174,34 @@ impl Driver {
             debug!(%err, "handle_read");
         }
         true
+    }
+
+    /// True for the first arrival of a video packet `drop_video_every` discards.
+    fn drops(&mut self, header: &RtpHeader) -> bool {
+        let Some(every) = self.drop_video_every.filter(|n| *n > 0) else {
+            return false;
+        };
+        header.seq.is_multiple_of(every)
+            && self.kinds.get(header.pt) == Some(MediaKind::Video)
+            && self.dropped.insert((header.ssrc, header.seq))
+    }
+
+    /// Copies the NACKs sent from `rtc`'s stats, about once a second (a report walks every
+    /// stats object).
+    fn read_rtcp_stats(&mut self, now: Instant) {
+        if !self.inspect || now.duration_since(self.stats_read_at) < STATS_EVERY {
+            return;
+        }
+        self.stats_read_at = now;
+        let report = self.pc.get_stats(now, StatsSelector::None);
+        let nacks = report
+            .iter()
+            .filter_map(|entry| match entry {
+                RTCStatsReportEntry::InboundRtp(s) => Some(u64::from(s.nack_count)),
+                _ => None,
+            })
+            .sum();
+        self.shared.stats().nacks_sent = nacks;
     }
 
     pub(super) fn count_rtp(&mut self, header: &RtpHeader, len: usize, now: Instant) {

@@ -14,6 +14,7 @@
 //! Packet counts, bytes and loss come from the datagrams on the wire in both modes, so the two
 //! modes report the same figures for the same traffic.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,6 +40,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::statistics::StatsSelector;
+use rtc::statistics::report::RTCStatsReportEntry;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -70,6 +73,10 @@ const RECV_BUFFER: usize = 4 << 20;
 const RECV_BATCH: usize = 64;
 /// Largest SRTP authentication tag (AEAD_AES_128_GCM); what a header-only look must discount.
 const SRTP_MAX_TAG: usize = 16;
+/// RTCP packet type of a sender report (RFC 3550 §6.4.1).
+const RTCP_SENDER_REPORT: u8 = 200;
+/// How often the NACK count of `rtc`'s stats is copied into a viewer's.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How often `wait_for` re-checks its predicate.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -84,6 +91,9 @@ pub struct ViewerOptions {
     pub inspect_media: bool,
     /// How media reaches us: UDP, or only ICE-TCP to the server's passive candidate.
     pub transport: MediaTransport,
+    /// Discards the first arrival of every video packet whose sequence number is a multiple
+    /// of this, as a lossy link would; NACKs (inspect mode) should get each one back.
+    pub drop_video_every: Option<u16>,
 }
 
 /// The transport a viewer offers for its media.
@@ -106,6 +116,7 @@ impl ViewerOptions {
             token: None,
             inspect_media: true,
             transport: MediaTransport::Udp,
+            drop_video_every: None,
         }
     }
 }
@@ -140,6 +151,13 @@ pub struct ViewerStats {
     pub lost: u64,
     /// Packets received again (e.g. retransmitted twice); included in the packet counts.
     pub duplicate_packets: u64,
+    /// Video packets discarded on arrival by `drop_video_every`; not in the packet counts.
+    pub dropped_on_purpose: u64,
+    /// NACKs this viewer sent, as its `rtc` counts them (inspect mode; read about once a
+    /// second).
+    pub nacks_sent: u64,
+    /// RTCP sender reports received from the server, counted on the wire.
+    pub sender_reports: u64,
     /// RTP packets `rtc` decrypted and handed back; inspect mode only.
     pub decrypted_packets: u64,
     /// An H.264 IDR NAL was seen; inspect mode only.
@@ -175,6 +193,9 @@ impl ViewerStats {
             audio_bytes: 0,
             lost: 0,
             duplicate_packets: 0,
+            dropped_on_purpose: 0,
+            nacks_sent: 0,
+            sender_reports: 0,
             decrypted_packets: 0,
             idr_seen: false,
             sps_seen: false,
@@ -307,6 +328,9 @@ pub async fn subscribe(opts: ViewerOptions) -> Result<Viewer, ClientError> {
         tcp: None,
         kinds: PayloadKinds::from_sdp(&answer.sdp),
         loss: LossBySsrc::default(),
+        drop_video_every: opts.drop_video_every,
+        dropped: HashSet::new(),
+        stats_read_at: Instant::now(),
         inspect: opts.inspect_media,
         shared: shared.clone(),
     };

@@ -5,14 +5,11 @@ use std::time::Instant;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports,
-};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MediaEngine,
 };
@@ -24,7 +21,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
+    RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB, TYPE_RTCP_FB_NACK,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -77,8 +74,21 @@ fn media_engine(adaptive: bool) -> Result<(MediaEngine, Registry), SubscribeErro
             )
             .map_err(internal)?;
     }
-    // NACKs are answered from the sender's history; reports keep browsers' stats and A/V sync.
-    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
+    // NACKs are answered from the sender's history; sender reports keep browsers' stats and
+    // A/V sync. A viewer sends us no media, so the receiving halves (NACK generator, receiver
+    // reports) are left out: each interceptor is one more queue every packet passes through.
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: TYPE_RTCP_FB_NACK.to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(Slot::SenderReport, SenderReportBuilder::new().build());
     if adaptive {
         // Offered without transport-cc, it makes Chromium estimate on the receiving side and
         // send REMB; the answer carries it only if the offer had it.

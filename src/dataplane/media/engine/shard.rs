@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::sansio::Protocol;
@@ -673,10 +674,16 @@ impl Subscriber {
         }
         packet.header.ssrc = out.ssrc;
         packet.header.payload_type = out.payload_type;
-        match self.pc.rtp_sender(out.sender) {
-            Some(mut sender) => sender.write_rtp(now, packet).is_ok(),
-            None => false,
-        }
+        // Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, whose
+        // per-packet checks (SSRC, payload type, extensions) hold by construction here and
+        // which allocates the track id on every packet; the pipeline routes by SSRC and
+        // ignores the id.
+        self.pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), packet),
+            })
+            .is_ok()
     }
 }
 
