@@ -562,6 +562,11 @@ async fn nacked_video_is_retransmitted_and_sender_reports_arrive() {
         .await
         .expect("drops recovered");
     assert!(stats.video_packets > stats.dropped_on_purpose);
+    // Sent by our own SRTP leg, which answered the NACKs itself.
+    let own = server.metric("webrtc_egress_sessions_own_srtp_total").await;
+    assert_eq!(own, Some(1.0));
+    let again = server.metric("webrtc_egress_rtp_retransmitted_total").await;
+    assert!(again.unwrap_or(0.0) >= 15.0, "{again:?}");
     viewer.close().await;
 }
 

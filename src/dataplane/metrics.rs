@@ -39,6 +39,10 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     /// Packets not queued to an ICE-TCP viewer (queue full or connection gone).
     pub tcp_send_dropped: Counter,
+    /// Sessions whose media our own SRTP leg sends (the rest go through `rtc`'s pipeline).
+    pub sessions_own_srtp: Counter,
+    /// Packets our own SRTP leg sent again on a viewer's NACK.
+    pub rtp_retransmitted: Counter,
     processes: ProcessFamilies,
     registry: Arc<Registry>,
 }
@@ -146,6 +150,8 @@ impl Default for Metrics {
         let ice_tcp_refused = Counter::default();
         let http_connections_refused = Counter::default();
         let tcp_send_dropped = Counter::default();
+        let sessions_own_srtp = Counter::default();
+        let rtp_retransmitted = Counter::default();
         let processes = ProcessFamilies::default();
         let mut registry = Registry::with_prefix("webrtc_egress");
         processes.register(registry.sub_registry_with_prefix("process"));
@@ -173,6 +179,16 @@ impl Default for Metrics {
             "tcp_send_dropped",
             "packets not queued to an ICE-TCP viewer",
             tcp_send_dropped.clone(),
+        );
+        registry.register(
+            "sessions_own_srtp",
+            "connected sessions whose media our own SRTP sender encrypts and sends",
+            sessions_own_srtp.clone(),
+        );
+        registry.register(
+            "rtp_retransmitted",
+            "RTP packets sent again on a viewer's NACK by our own SRTP sender",
+            rtp_retransmitted.clone(),
         );
         registry.register(
             "sessions_created",
@@ -248,6 +264,8 @@ impl Default for Metrics {
             ice_tcp_refused,
             http_connections_refused,
             tcp_send_dropped,
+            sessions_own_srtp,
+            rtp_retransmitted,
             processes,
             registry: Arc::new(registry),
         }

@@ -1,8 +1,8 @@
 //! What a viewer's browser reports about what we send it: the `fraction lost` of its RTCP
-//! receiver reports and its receiver-estimated maximum bitrate (REMB, `goog-remb`). `rtc` 0.21
-//! keeps inbound RTCP inside its interceptor chain (a terminus drops it before the
-//! application) and does not fold receiver reports into its stats, so this interceptor, placed
-//! wire-most, notes both as the packet passes, and changes nothing.
+//! receiver reports, its receiver-estimated maximum bitrate (REMB, `goog-remb`) and the
+//! packets it NACKs. `rtc` 0.21 keeps inbound RTCP inside its interceptor chain (a terminus
+//! drops it before the application) and does not fold receiver reports into its stats, so
+//! this interceptor, placed wire-most, notes them as the packet passes, and changes nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use std::time::Instant;
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
@@ -25,22 +26,48 @@ pub struct Latest {
     pub estimate_kbps: u32,
 }
 
+/// NACKed packets held for the shard; a viewer that floods NACKs loses the excess.
+const MAX_NACKED: usize = 1024;
+
 /// Shared between the interceptor (inside the peer) and the shard that reads it.
 #[derive(Clone, Default)]
-pub struct ViewerReports(Arc<Mutex<HashMap<u32, Latest>>>);
+pub struct ViewerReports(Arc<Mutex<Reports>>);
+
+#[derive(Default)]
+struct Reports {
+    latest: HashMap<u32, Latest>,
+    /// (SSRC, sequence number) of each packet NACKed and not yet taken.
+    nacked: Vec<(u32, u16)>,
+}
 
 impl ViewerReports {
     /// What the viewer last reported on `ssrc`, if anything named it.
     pub fn latest(&self, ssrc: u32) -> Option<Latest> {
-        self.0.lock().unwrap().get(&ssrc).copied()
+        self.0.lock().unwrap().latest.get(&ssrc).copied()
+    }
+
+    /// The packets NACKed since the last call, oldest first.
+    pub fn take_nacked(&self) -> Vec<(u32, u16)> {
+        std::mem::take(&mut self.0.lock().unwrap().nacked)
     }
 
     fn note(&self, ssrc: u32, update: impl FnOnce(&mut Latest)) {
-        update(self.0.lock().unwrap().entry(ssrc).or_default());
+        update(self.0.lock().unwrap().latest.entry(ssrc).or_default());
+    }
+
+    fn note_nack(&self, nack: &TransportLayerNack) {
+        let mut reports = self.0.lock().unwrap();
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                if reports.nacked.len() < MAX_NACKED {
+                    reports.nacked.push((nack.media_ssrc, seq));
+                }
+            }
+        }
     }
 }
 
-/// Passes every packet through, noting receiver reports and REMBs on the way in.
+/// Passes every packet through, noting receiver reports, REMBs and NACKs on the way in.
 pub struct FeedbackProbe {
     reports: ViewerReports,
     read: VecDeque<TaggedPacket>,
@@ -81,6 +108,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackProbe {
                             l.fraction_lost = block.fraction_lost;
                         });
                     }
+                } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                    self.reports.note_nack(nack);
                 } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                     for ssrc in &remb.ssrcs {
                         self.reports.note(*ssrc, |l| {
@@ -121,6 +150,7 @@ mod tests {
     use super::*;
     use rtc::interceptor::AttributedPacket;
     use rtc::rtcp::reception_report::ReceptionReport;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
     use rtc::shared::TransportContext;
 
     fn inbound(packets: Vec<Box<dyn rtc::rtcp::Packet>>) -> TaggedPacket {
@@ -164,6 +194,25 @@ mod tests {
         assert_eq!(reports.latest(43).map(|l| l.estimate_kbps), Some(812));
         assert_eq!(reports.latest(43).map(|l| l.loss_reports), Some(0));
         assert_eq!(reports.latest(7), None);
+    }
+
+    #[test]
+    fn nacked_packets_are_noted_once_and_taken() {
+        let reports = ViewerReports::default();
+        let mut probe = FeedbackProbe::new(reports.clone());
+        let nack = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 42,
+            // 100, and 102 and 105 by the bitmask (bits 1 and 4).
+            nacks: vec![NackPair {
+                packet_id: 100,
+                lost_packets: 0b1_0010,
+            }],
+        };
+        probe.handle_read(inbound(vec![Box::new(nack)])).unwrap();
+        assert!(probe.poll_read().is_some(), "passed on");
+        assert_eq!(reports.take_nacked(), vec![(42, 100), (42, 102), (42, 105)]);
+        assert!(reports.take_nacked().is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -24,10 +25,12 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB, TYPE_RTCP_FB_NACK,
 };
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use super::codecs::{H264_PT, OPUS_PT, rtp_codec};
 use super::factory::PeerFactoryConfig;
 use super::feedback::{FeedbackProbe, ViewerReports};
+use super::keytap::KeyTap;
 use super::{SubscribeError, TrackKind};
 
 /// Below every named slot of `rtc`'s registry (the lowest is 1_000): the wire end of the chain.
@@ -41,6 +44,15 @@ const NO_H264: &str = "offer has no H.264 codec with packetization-mode=1 and a 
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 const ICE_CHECK_ATTEMPTS: u16 = 28;
 
+/// SRTP profiles we offer, the DTLS server (the viewer) picks one. The AES-CM one with a
+/// 32-bit tag is left out: WebRTC requires the 80-bit one (RFC 8827 §6.5), and
+/// [`KeyTap`] tells the two apart by nothing.
+const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+
 /// Our sending leg of one track: the SSRC and the payload type this subscriber negotiated.
 #[derive(Clone, Copy, Debug)]
 pub struct TrackOut {
@@ -51,6 +63,8 @@ pub struct TrackOut {
 
 pub struct Answered {
     pub pc: RTCPeerConnection,
+    /// Where the keys of what we send turn up once DTLS is done.
+    pub keys: Arc<KeyTap>,
     pub local_ufrag: String,
     pub answer_sdp: String,
     pub video: Option<TrackOut>,
@@ -144,12 +158,14 @@ pub struct TcpCandidate {
 
 /// Answers `offer_sdp` with sendonly tracks for the stream's media, our UDP host candidates
 /// and, if given, a passive ICE-TCP candidate (lower priority, per RFC 6544, so UDP wins).
+/// What the viewer reports lands in `reports`; an `adaptive` viewer is asked for REMB too.
 pub fn answer(
     offer_sdp: &str,
     config: &PeerFactoryConfig,
     stream_has_audio: bool,
     tcp: Option<&TcpCandidate>,
-    feedback: Option<&ViewerReports>,
+    reports: &ViewerReports,
+    adaptive: bool,
 ) -> Result<Answered, SubscribeError> {
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SubscribeError::BadOffer(
@@ -165,17 +181,18 @@ pub fn answer(
     }
 
     let local_ufrag = random_token(16);
-    let (media_engine, mut registry) = media_engine(feedback.is_some())?;
-    if let Some(reports) = feedback {
-        // Wire-most, so that it sees RTCP before any interceptor consumes it.
-        registry = registry.with(
-            Slot::Custom(FEEDBACK_PROBE_SLOT),
-            FeedbackProbe::new(reports.clone()),
-        );
-    }
+    let (media_engine, registry) = media_engine(adaptive)?;
+    // Wire-most, so that it sees RTCP before any interceptor consumes it.
+    let registry = registry.with(
+        Slot::Custom(FEEDBACK_PROBE_SLOT),
+        FeedbackProbe::new(reports.clone()),
+    );
+    let keys = KeyTap::new().map_err(internal)?;
     let settings = SettingEngineBuilder::new()
         .with_ice_credentials(local_ufrag.clone(), random_token(32))
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_CHECK_ATTEMPTS))
+        .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+        .with_crypto_provider(keys.clone())
         .build();
     let now = Instant::now();
     let mut pc = RTCPeerConnectionBuilder::new()
@@ -247,6 +264,7 @@ pub fn answer(
     };
     Ok(Answered {
         pc,
+        keys,
         local_ufrag,
         answer_sdp,
         video,
@@ -338,16 +356,23 @@ mod tests {
 
     const CHROMIUM_OFFER: &str = include_str!("../../../tests/fixtures/chromium-offer.sdp");
 
-    fn answer_sdp(feedback: Option<&ViewerReports>, offer: &str) -> String {
+    fn answer_sdp(adaptive: bool, offer: &str) -> String {
         let config = PeerFactoryConfig {
             advertised_ips: vec!["127.0.0.1".parse().unwrap()],
             udp_port: 9,
             ice_servers: vec![],
             ice_tcp: false,
         };
-        answer(offer, &config, true, None, feedback)
-            .unwrap()
-            .answer_sdp
+        answer(
+            offer,
+            &config,
+            true,
+            None,
+            &ViewerReports::default(),
+            adaptive,
+        )
+        .unwrap()
+        .answer_sdp
     }
 
     fn h264_remb_lines(sdp: &str) -> Vec<&str> {
@@ -356,16 +381,15 @@ mod tests {
 
     #[test]
     fn an_adaptive_viewer_is_asked_for_remb_and_only_if_it_offered_it() {
-        let reports = ViewerReports::default();
-        let adaptive = answer_sdp(Some(&reports), CHROMIUM_OFFER);
+        let adaptive = answer_sdp(true, CHROMIUM_OFFER);
         assert_eq!(h264_remb_lines(&adaptive).len(), 1, "{adaptive}");
         assert!(!adaptive.contains("transport-cc"), "{adaptive}");
-        assert!(h264_remb_lines(&answer_sdp(None, CHROMIUM_OFFER)).is_empty());
+        assert!(h264_remb_lines(&answer_sdp(false, CHROMIUM_OFFER)).is_empty());
         let without: String = CHROMIUM_OFFER
             .split_inclusive('\n')
             .filter(|l| !l.contains("goog-remb"))
             .collect();
-        let answered = answer_sdp(Some(&reports), &without);
+        let answered = answer_sdp(true, &without);
         assert!(h264_remb_lines(&answered).is_empty(), "{answered}");
     }
 }

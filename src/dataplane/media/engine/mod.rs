@@ -289,12 +289,9 @@ impl Engine {
         let Subscription {
             stream, has_audio, ..
         } = to;
-        // Only a viewer free to change rendition needs its reports read.
-        let reports = to
-            .ladder
-            .as_ref()
-            .filter(|l| !l.pinned)
-            .map(|_| ViewerReports::default());
+        // Only a viewer free to change rendition is asked for estimates and has them read.
+        let adaptive = to.ladder.as_ref().is_some_and(|l| !l.pinned);
+        let reports = ViewerReports::default();
         let probe = reports.clone();
         let factory = self.factory();
         let candidates: Vec<SocketAddr> = factory.candidate_addrs().collect();
@@ -303,7 +300,7 @@ impl Engine {
         let offer = offer_sdp.to_owned();
         // The core is third-party code fed untrusted input: a panic must become a 400, not a 500.
         let answered = std::panic::catch_unwind(move || {
-            peer::answer(&offer, &factory, has_audio, tcp.as_ref(), probe.as_ref())
+            peer::answer(&offer, &factory, has_audio, tcp.as_ref(), &probe, adaptive)
         })
         .map_err(|_| SubscribeError::BadOffer("the offer could not be processed".into()))??;
         let session: SessionId = peer::random_id().into();
@@ -355,7 +352,11 @@ impl Engine {
             created: Instant::now(),
             metrics: to.metrics,
             follower: to.ladder.map(Follower::new),
-            feedback: FeedbackRead::new(reports),
+            feedback: FeedbackRead::new(adaptive.then(|| reports.clone())),
+            reports,
+            keys: answered.keys,
+            sender: None,
+            media_dest: None,
             replayed: None,
             timer: None,
         };

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
@@ -21,10 +21,13 @@ use tracing::{debug, info, warn};
 use super::demux::{Route, local_candidate_for};
 use super::tcp::TcpLink;
 use super::{SessionId, Shared};
+use crate::dataplane::media::codecs::clock_rate;
 use crate::dataplane::media::feedback::{Latest, ViewerReports};
+use crate::dataplane::media::keytap::KeyTap;
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::rendition::{Feedback, Follower};
+use crate::dataplane::media::sender::{SrtpSender, Track};
 use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
 use crate::dataplane::metrics::{ProcessMetrics, Transport};
@@ -117,6 +120,16 @@ pub(super) struct Subscriber {
     pub(super) replayed: Option<(u8, u16)>,
     /// When `rtc` wants `handle_timeout`, as queued in the shard's timers.
     pub(super) timer: Option<Instant>,
+    /// What the viewer's RTCP says: the NACKs our own sender answers (loss and estimates are
+    /// read through `feedback`).
+    pub(super) reports: ViewerReports,
+    /// Where the keys of what we send turn up.
+    pub(super) keys: Arc<KeyTap>,
+    /// Our own sending leg, from connection on, when we hold the keys; else media goes
+    /// through `rtc`'s pipeline.
+    pub(super) sender: Option<SrtpSender>,
+    /// Where `rtc` last sent DTLS or SRTP: the remote end of the selected candidate pair.
+    pub(super) media_dest: Option<(SocketAddr, TransportProtocol)>,
 }
 
 /// A ladder viewer's reports, as its peer's [`FeedbackProbe`] notes them, and which of them
@@ -401,6 +414,22 @@ impl Shard {
         if protocol == TransportProtocol::UDP && !sub.known_addrs.contains(&from) {
             sub.known_addrs.push(from);
         }
+        let nacked = sub.reports.take_nacked();
+        if let Some(sender) = sub.sender.as_mut() {
+            let again: Vec<BytesMut> = nacked
+                .into_iter()
+                .filter_map(|(ssrc, seq)| sender.resend(ssrc, seq))
+                .collect();
+            self.shared
+                .metrics
+                .rtp_retransmitted
+                .inc_by(again.len() as u64);
+            let mut bytes = 0;
+            for datagram in again {
+                bytes += sub.send_own(&self.shared, &mut self.outbox, datagram);
+            }
+            sub.metrics.bytes.inc_by(bytes);
+        }
         self.service(id);
         if nomination_due {
             self.replay_nomination(id, at);
@@ -420,8 +449,12 @@ impl Shard {
                 // The whole burst, then one pass through the peer's pipeline; the viewer's
                 // datagrams end up next to each other in the outbox.
                 for packet in packets {
-                    if !sub.already_replayed(packet) {
-                        forwarded += sub.write_media(packet, now) as u64;
+                    if !sub.already_replayed(packet)
+                        && let Some(sent) =
+                            sub.write_media(packet, now, &self.shared, &mut self.outbox)
+                    {
+                        forwarded += 1;
+                        bytes += sent;
                     }
                 }
                 bytes += flush_writes(&self.shared, self.index, sub, &mut self.outbox);
@@ -475,6 +508,7 @@ impl Shard {
         let now = Instant::now();
         self.replay_nominations(now);
         self.read_feedback(now);
+        self.send_reports(now);
         let stale: Vec<SessionId> = self
             .peers
             .values()
@@ -483,6 +517,36 @@ impl Shard {
             .collect();
         for id in stale {
             self.reap(&id, "did not connect in time");
+        }
+    }
+
+    /// Hands `rtc` the sender reports our own senders have due, for it to encrypt and send.
+    fn send_reports(&mut self, now: Instant) {
+        let wall = SystemTime::now();
+        let mut due = Vec::new();
+        for sub in self.peers.values_mut() {
+            let Some(sender) = sub.sender.as_mut() else {
+                continue;
+            };
+            let reports = sender.reports_due(now, wall);
+            if reports.is_empty() {
+                continue;
+            }
+            let packets = reports
+                .into_iter()
+                .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
+                .collect();
+            let written = sub.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), packets),
+            });
+            if let Err(e) = written {
+                debug!(session = %sub.id, error = %e, "sender report not sent");
+            }
+            due.push(sub.id.clone());
+        }
+        for id in due {
+            self.service(&id);
         }
     }
 
@@ -560,15 +624,25 @@ impl Shard {
                 if sub.follower.is_some() {
                     sub.metrics.rendition_viewers_add(rendition, 1);
                 }
+                sub.sender = sub.own_sender();
+                if sub.sender.is_some() {
+                    self.shared.metrics.sessions_own_srtp.inc();
+                }
                 let cache = self.shared.keyframes.replay(sub.stream, rendition);
                 if let Some(last) = cache.last() {
-                    let mut sent = 0;
+                    let (mut sent, mut bytes) = (0, 0);
                     for packet in &cache {
-                        sent += sub.write_media(packet, now) as u64;
+                        if let Some(own) =
+                            sub.write_media(packet, now, &self.shared, &mut self.outbox)
+                        {
+                            sent += 1;
+                            bytes += own;
+                        }
                     }
                     sub.replayed = Some((rendition, last.packet.header.sequence_number));
                     self.shared.metrics.rtp_packets_forwarded.inc_by(sent);
                     sub.metrics.packets.inc_by(sent);
+                    sub.metrics.bytes.inc_by(bytes);
                 }
                 let flushed = flush(&self.shared, self.index, sub, &mut self.outbox);
                 sub.metrics.bytes.inc_by(flushed.bytes);
@@ -635,16 +709,50 @@ impl Subscriber {
         behind
     }
 
+    /// Our own sending leg, if `rtc` has derived keys we hold.
+    fn own_sender(&self) -> Option<SrtpSender> {
+        let Some(keys) = self.keys.keys() else {
+            debug!(session = %self.id, "media through rtc: its SRTP keys were not seen");
+            return None;
+        };
+        let tracks: Vec<Track> = [
+            (TrackKind::Video, self.video),
+            (TrackKind::Audio, self.audio),
+        ]
+        .into_iter()
+        .filter_map(|(kind, out)| {
+            out.map(|out| Track {
+                ssrc: out.ssrc,
+                clock_rate: clock_rate(kind),
+                nack: kind == TrackKind::Video,
+            })
+        })
+        .collect();
+        match SrtpSender::new(&keys, &tracks) {
+            Ok(sender) => Some(sender),
+            Err(e) => {
+                warn!(session = %self.id, error = %e, ?keys, "media through rtc");
+                None
+            }
+        }
+    }
+
     /// Stamps this subscriber's SSRC and payload type on a shared packet and sends it; with a
-    /// ladder, only packets of the rendition it follows, renumbered as one track.
-    fn write_media(&mut self, media: &MediaPacket, now: Instant) -> bool {
+    /// ladder, only packets of the rendition it follows, renumbered as one track. On our own
+    /// leg it goes out now (returns its bytes), else into `rtc`'s pipeline, whose datagrams
+    /// [`flush_writes`] collects (returns 0). None when not sent.
+    fn write_media(
+        &mut self,
+        media: &MediaPacket,
+        now: Instant,
+        shared: &Shared,
+        outbox: &mut Outbox,
+    ) -> Option<u64> {
         let out = match media.kind {
             TrackKind::Video => self.video,
             TrackKind::Audio => self.audio,
         };
-        let Some(out) = out else {
-            return false;
-        };
+        let out = out?;
         let mut packet = media.packet.clone();
         if media.kind == TrackKind::Video
             && let Some(follower) = &mut self.follower
@@ -658,9 +766,7 @@ impl Subscriber {
                 packet.payload.len(),
                 now,
             );
-            let Some(((seq, timestamp), switched)) = admitted else {
-                return false;
-            };
+            let ((seq, timestamp), switched) = admitted?;
             packet.header.sequence_number = seq;
             packet.header.timestamp = timestamp;
             if let Some(switched) = switched {
@@ -674,6 +780,10 @@ impl Subscriber {
         }
         packet.header.ssrc = out.ssrc;
         packet.header.payload_type = out.payload_type;
+        if let Some(sender) = self.sender.as_mut() {
+            let datagram = sender.protect(&packet, now)?;
+            return Some(self.send_own(shared, outbox, datagram));
+        }
         // Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, whose
         // per-packet checks (SSRC, payload type, extensions) hold by construction here and
         // which allocates the track id on every packet; the pipeline routes by SSRC and
@@ -683,7 +793,41 @@ impl Subscriber {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), packet),
             })
-            .is_ok()
+            .ok()
+            .map(|()| 0)
+    }
+
+    /// Sends a datagram of our own leg where `rtc` sends its media; returns the bytes sent.
+    fn send_own(&mut self, shared: &Shared, outbox: &mut Outbox, datagram: BytesMut) -> u64 {
+        let Some((dest, protocol)) = self.media_dest else {
+            return 0;
+        };
+        let len = datagram.len() as u64;
+        if protocol == TransportProtocol::TCP {
+            return if self.send_tcp(shared, dest, datagram) {
+                len
+            } else {
+                0
+            };
+        }
+        outbox.push(dest, datagram);
+        len
+    }
+
+    /// Sends over the ICE-TCP connection the viewer opened from `dest`, else its newest one;
+    /// false (and counted) when there is none or it is full.
+    fn send_tcp(&mut self, shared: &Shared, dest: SocketAddr, datagram: BytesMut) -> bool {
+        let link = self
+            .tcp_links
+            .iter()
+            .find(|(addr, _)| *addr == dest)
+            .or(self.tcp_links.last());
+        let sent = link.is_some_and(|(_, link)| link.try_send(datagram).is_ok());
+        if !sent {
+            shared.metrics.tcp_send_dropped.inc();
+            self.metrics.dropped.inc();
+        }
+        sent
     }
 }
 
@@ -721,20 +865,16 @@ fn flush_writes(shared: &Shared, shard: usize, sub: &mut Subscriber, outbox: &mu
     let mut bytes = 0;
     while let Some(out) = sub.pc.poll_write() {
         let dest = out.transport.peer_addr;
+        let protocol = out.transport.transport_protocol;
         let len = out.message.len() as u64;
-        if out.transport.transport_protocol == TransportProtocol::TCP {
-            // The connection the viewer opened from `dest`, else its newest one.
-            let link = sub
-                .tcp_links
-                .iter()
-                .find(|(addr, _)| *addr == dest)
-                .or(sub.tcp_links.last());
-            let sent = link.is_some_and(|(_, link)| link.try_send(out.message).is_ok());
-            if sent {
+        // DTLS and SRTP(C) go only to the selected pair (STUN checks may go elsewhere): where
+        // our own leg sends too (RFC 7983 first bytes: 20..=63 DTLS, 128..=191 RTP/RTCP).
+        if out.message.first().is_some_and(|b| *b >= 20) {
+            sub.media_dest = Some((dest, protocol));
+        }
+        if protocol == TransportProtocol::TCP {
+            if sub.send_tcp(shared, dest, out.message) {
                 bytes += len;
-            } else {
-                shared.metrics.tcp_send_dropped.inc();
-                sub.metrics.dropped.inc();
             }
             continue;
         }
