@@ -729,7 +729,10 @@ impl Subscriber {
         })
         .collect();
         match SrtpSender::new(&keys, &tracks) {
-            Ok(sender) => Some(sender),
+            Ok(sender) => {
+                debug!(session = %self.id, profile = ?keys.profile, "media on our own SRTP leg");
+                Some(sender)
+            }
             Err(e) => {
                 warn!(session = %self.id, error = %e, ?keys, "media through rtc");
                 None
