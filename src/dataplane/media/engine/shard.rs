@@ -457,10 +457,14 @@ impl Shard {
                         bytes += sent;
                     }
                 }
-                bytes += flush_writes(&self.shared, self.index, sub, &mut self.outbox);
-                // Writing arms `rtc`'s sender reports if nothing else is pending.
-                if sub.timer.is_none() {
-                    sub.rearm(&mut self.timers);
+                // Our own leg sent its packets already; only `rtc`'s pipeline has some queued
+                // (polling it for none walks every handler).
+                if sub.sender.is_none() {
+                    bytes += flush_writes(&self.shared, self.index, sub, &mut self.outbox);
+                    // Writing arms `rtc`'s sender reports if nothing else is pending.
+                    if sub.timer.is_none() {
+                        sub.rearm(&mut self.timers);
+                    }
                 }
             }
         }
