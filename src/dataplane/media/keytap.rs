@@ -16,6 +16,8 @@ use rtc::crypto::{
     PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
     StreamCipherAlgorithm, default_provider,
 };
+use rtc::shared::error::Error;
+use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// The profile, master key and master salt `rtc` protects our media with.
@@ -24,6 +26,21 @@ pub struct SrtpKeys {
     pub profile: ProtectionProfile,
     pub master_key: Vec<u8>,
     pub master_salt: Vec<u8>,
+}
+
+impl SrtpKeys {
+    /// An SRTP context keyed with these (one direction: encrypting, or the viewer decrypting).
+    pub fn context(&self) -> Result<Context, Error> {
+        let crypto = default_provider().map_err(|e| Error::Other(e.to_string()))?;
+        Context::new(
+            &self.master_key,
+            &self.master_salt,
+            self.profile,
+            None,
+            None,
+            crypto.crypto(),
+        )
+    }
 }
 
 impl std::fmt::Debug for SrtpKeys {
@@ -49,7 +66,6 @@ enum Tap {
 
 /// A crypto provider that notes the local SRTP keys as `rtc` derives them.
 pub struct KeyTap {
-    inner: Arc<dyn RTCCryptoProvider>,
     crypto: TapCrypto,
 }
 
@@ -60,13 +76,11 @@ struct TapCrypto {
 
 impl KeyTap {
     pub fn new() -> Result<Arc<Self>, CryptoError> {
-        let inner = default_provider()?;
         Ok(Arc::new(KeyTap {
             crypto: TapCrypto {
-                inner: inner.clone(),
+                inner: default_provider()?,
                 tap: Mutex::new(Tap::Waiting),
             },
-            inner,
         }))
     }
 
@@ -123,7 +137,7 @@ impl RTCCryptoProvider for KeyTap {
     }
 
     fn random(&self) -> &dyn RTCRandom {
-        self.inner.random()
+        self.crypto.inner.random()
     }
 }
 
@@ -224,7 +238,6 @@ impl RTCCrypto for TapCrypto {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::srtp::context::Context;
 
     /// `rtc` builds the local context first, then the viewer's, each from its master key and
     /// salt; the tap must name the first, with its profile.

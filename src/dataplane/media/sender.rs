@@ -51,16 +51,7 @@ pub struct SrtpSender {
 
 impl SrtpSender {
     pub fn new(keys: &SrtpKeys, tracks: &[Track]) -> Result<Self, rtc::shared::error::Error> {
-        let crypto = rtc::crypto::default_provider()
-            .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
-        let context = Context::new(
-            &keys.master_key,
-            &keys.master_salt,
-            keys.profile,
-            None,
-            None,
-            crypto.crypto(),
-        )?;
+        let context = keys.context()?;
         let streams = tracks
             .iter()
             .map(|&track| Stream {
@@ -176,16 +167,7 @@ mod tests {
 
     /// The viewer's side: decrypts with the same keys, as its SRTP stack would.
     fn viewer(keys: &SrtpKeys) -> Context {
-        let crypto = rtc::crypto::default_provider().unwrap();
-        Context::new(
-            &keys.master_key,
-            &keys.master_salt,
-            keys.profile,
-            None,
-            None,
-            crypto.crypto(),
-        )
-        .unwrap()
+        keys.context().unwrap()
     }
 
     fn packet(ssrc: u32, seq: u16, timestamp: u32, payload: &'static [u8]) -> rtp::Packet {
