@@ -16,8 +16,6 @@ use rtc::crypto::{
     PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
     StreamCipherAlgorithm, default_provider,
 };
-use rtc::shared::error::Error;
-use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// The profile, master key and master salt `rtc` protects our media with.
@@ -29,10 +27,12 @@ pub struct SrtpKeys {
 }
 
 impl SrtpKeys {
-    /// An SRTP context keyed with these (one direction: encrypting, or the viewer decrypting).
-    pub fn context(&self) -> Result<Context, Error> {
+    /// An `rtc` SRTP context keyed with these: the viewer's side, decrypting, in tests.
+    #[cfg(test)]
+    pub fn context(&self) -> Result<rtc::srtp::context::Context, rtc::shared::error::Error> {
+        use rtc::shared::error::Error;
         let crypto = default_provider().map_err(|e| Error::Other(e.to_string()))?;
-        Context::new(
+        rtc::srtp::context::Context::new(
             &self.master_key,
             &self.master_salt,
             self.profile,
@@ -238,6 +238,7 @@ impl RTCCrypto for TapCrypto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::srtp::context::Context;
 
     /// `rtc` builds the local context first, then the viewer's, each from its master key and
     /// salt; the tap must name the first, with its profile.

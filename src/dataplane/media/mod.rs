@@ -17,6 +17,7 @@ mod peer;
 pub mod rendition;
 mod sender;
 mod source;
+mod srtp;
 mod stun;
 pub mod udp;
 
