@@ -162,6 +162,8 @@ impl Engine {
                 stream_metrics: HashMap::new(),
                 outbox: Outbox::default(),
                 timers: Default::default(),
+                connecting: 0,
+                chores_at: Instant::now(),
             };
             tasks.push(tokio::spawn(shard.run(rx)));
         }

@@ -34,8 +34,13 @@ use crate::dataplane::metrics::{ProcessMetrics, Transport};
 
 /// How long a new peer may take to connect before it is reaped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How late a peer's timer may fire, so that timers due close together share one wake-up.
+/// How late a peer's timer may fire while a peer of the shard is connecting (ICE checks and
+/// DTLS flights are paced by it), so that timers due close together share one wake-up.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
+/// How late timers and chores may run once every peer is connected (consent checks,
+/// keepalives, reports): long enough that media bursts, which wake the shard every 20–33 ms,
+/// serve them without wake-ups of their own.
+const CONNECTED_SLACK: Duration = Duration::from_millis(50);
 /// How often a shard with peers replays nominations, reads loss reports and reaps the stale.
 const CHORES: Duration = Duration::from_millis(50);
 /// How often a nomination `rtc` may have ignored is handed back to it.
@@ -194,6 +199,10 @@ pub(super) struct Shard {
     /// matches is stale and skipped. The shard sleeps until the earliest instead of polling
     /// every peer on a fixed tick.
     pub(super) timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Peers not connected yet: while there are any, timers and chores run on time.
+    pub(super) connecting: usize,
+    /// When the chores are next due.
+    pub(super) chores_at: Instant,
 }
 
 /// What a peer's outputs say should happen to it.
@@ -212,14 +221,14 @@ struct Flushed {
 
 impl Shard {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>) {
-        let mut chores = tokio::time::interval(CHORES);
-        chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One timer, moved only when the earliest deadline changes.
+        // One timer, moved only when the next wake-up changes. Whatever wakes the shard (media
+        // above all) also runs the timers and chores due, so with media flowing this one
+        // rarely fires.
         let mut armed: Option<Instant> = None;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         loop {
-            let wake = self.timers.peek().map(|Reverse((at, _))| *at + TIMER_SLACK);
+            let wake = self.next_wake();
             if let Some(at) = wake
                 && wake != armed
             {
@@ -231,19 +240,50 @@ impl Shard {
                     Some(msg) => self.handle_burst(msg, &mut rx),
                     None => false,
                 },
-                _ = &mut sleep, if armed.is_some() => {
-                    self.on_timers();
-                    true
-                }
-                _ = chores.tick(), if !self.peers.is_empty() => {
-                    self.on_chores();
-                    true
-                }
+                _ = &mut sleep, if armed.is_some() => true,
             };
+            if keep_going {
+                self.run_due(Instant::now());
+            }
             self.send_outbox();
             if !keep_going {
                 return;
             }
+        }
+    }
+
+    /// When the shard must wake even if no message comes: the earliest timer or the chores,
+    /// late by the slack the peers' states allow.
+    fn next_wake(&self) -> Option<Instant> {
+        let slack = if self.connecting > 0 {
+            TIMER_SLACK
+        } else {
+            CONNECTED_SLACK
+        };
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at + slack);
+        let chores = (!self.peers.is_empty()).then(|| {
+            self.chores_at
+                + if self.connecting > 0 {
+                    Duration::ZERO
+                } else {
+                    CONNECTED_SLACK
+                }
+        });
+        timer.into_iter().chain(chores).min()
+    }
+
+    /// Runs the timers and chores due at `now`.
+    fn run_due(&mut self, now: Instant) {
+        if self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            self.on_timers(now);
+        }
+        if !self.peers.is_empty() && now >= self.chores_at {
+            self.chores_at = now + CHORES;
+            self.on_chores(now);
         }
     }
 
@@ -351,6 +391,7 @@ impl Shard {
         self.stream_metrics
             .entry(stream)
             .or_insert_with(|| sub.metrics.clone());
+        self.connecting += usize::from(!sub.connected);
         self.peers.insert(id.clone(), sub);
         self.by_stream.entry(stream).or_default().push(id.clone());
         if self.shared.closed_streams.lock().unwrap().contains(&stream) {
@@ -402,14 +443,6 @@ impl Shard {
             self.shared.metrics.rtc_rejected.inc();
             debug!(session = %id, error = %e, "datagram rejected");
         }
-        // While connecting, `rtc` hands some of what a datagram started only to a timeout: the
-        // DTLS client's first flight once ICE has selected a pair. It goes out now, not at the
-        // next tick (up to 10 ms on); what is not due yet is left alone.
-        if !sub.connected
-            && let Err(e) = sub.pc.handle_timeout(at)
-        {
-            debug!(session = %id, error = %e, "timeout handling failed");
-        }
         sub.last_protocol = protocol;
         if protocol == TransportProtocol::UDP && !sub.known_addrs.contains(&from) {
             sub.known_addrs.push(from);
@@ -431,6 +464,18 @@ impl Shard {
             sub.metrics.bytes.inc_by(bytes);
         }
         self.service(id);
+        // While connecting, `rtc` hands some of what a datagram started only to a timeout: the
+        // DTLS client's first flight once ICE has selected a pair, which its DTLS handler learns
+        // as the peer's events are drained (above). It goes out now, not at the ICE agent's next
+        // timer (up to 50 ms on); what is not due yet is left alone.
+        if let Some(sub) = self.peers.get_mut(id)
+            && !sub.connected
+        {
+            if let Err(e) = sub.pc.handle_timeout(at) {
+                debug!(session = %id, error = %e, "timeout handling failed");
+            }
+            self.service(id);
+        }
         if nomination_due {
             self.replay_nomination(id, at);
         }
@@ -476,8 +521,7 @@ impl Shard {
     }
 
     /// Hands `rtc` the timeouts due; each peer's next one is queued again as it is serviced.
-    fn on_timers(&mut self) {
-        let now = Instant::now();
+    fn on_timers(&mut self, now: Instant) {
         let mut due = Vec::new();
         while let Some(Reverse((at, _))) = self.timers.peek()
             && *at <= now
@@ -508,8 +552,7 @@ impl Shard {
         }
     }
 
-    fn on_chores(&mut self) {
-        let now = Instant::now();
+    fn on_chores(&mut self, now: Instant) {
         self.replay_nominations(now);
         self.read_feedback(now);
         self.send_reports(now);
@@ -616,6 +659,7 @@ impl Shard {
         match flushed.verdict {
             Verdict::Keep => {}
             Verdict::JustConnected => {
+                self.connecting -= 1;
                 let transport = Transport::of(sub.last_protocol);
                 sub.transport = Some(transport);
                 sub.nomination = None;
@@ -666,6 +710,7 @@ impl Shard {
         let Some(mut sub) = self.peers.remove(id) else {
             return false;
         };
+        self.connecting -= usize::from(!sub.connected);
         if let Some(ids) = self.by_stream.get_mut(&sub.stream) {
             ids.retain(|s| s != id);
         }
