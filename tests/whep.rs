@@ -488,6 +488,8 @@ async fn jwt_viewer_tokens_are_scoped_to_processes_and_expire() {
         .expect("scoped token plays its process");
     viewer.wait_for(|s| s.idr_seen, MEDIA).await.unwrap();
     viewer.close().await;
+    // Only cam1 was waited for; an offer to a process not live yet is refused (409).
+    server.wait_live("cam2").await;
     let (status, _, _) = offer("cam2", Some("s3cret".into())).await;
     assert_eq!(status, 201, "the static token still opens every process");
 }

@@ -1,7 +1,8 @@
 //! Outgoing datagrams of one shard, sent in batches: one `sendmmsg` call for what a media packet
 //! fans out to every subscriber, instead of a `sendto` per datagram. A run of equal-sized
 //! datagrams to one viewer (a video frame's packets) goes as one GSO message (`UDP_SEGMENT`):
-//! the kernel walks its stack once for the run and cuts it into the same datagrams.
+//! the kernel walks its stack once for the run and cuts it into the same datagrams. Buffers
+//! of sent datagrams are kept and handed out again, so a datagram costs no allocation.
 
 use std::net::SocketAddr;
 
@@ -15,8 +16,16 @@ const MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO message: its UDP length must fit 16 bits.
 const MAX_GSO_BYTES: usize = 65_000;
 
+/// Buffers kept for reuse, at most: a few keyframe bursts to a few hundred viewers.
+const SPARE: usize = 4096;
+/// Room of a buffer handed out: an RTP packet of a full-size MTU and its SRTP tag. Smaller
+/// buffers (STUN, DTLS from `rtc`) are not kept.
+const BUFFER: usize = 1500;
+
 pub struct Outbox {
     queued: Vec<(SocketAddr, BytesMut)>,
+    /// Buffers of datagrams sent, emptied, for the next ones: no allocation per datagram.
+    spare: Vec<BytesMut>,
     /// Cleared when the kernel refuses a GSO message (a device without checksum offload).
     gso: bool,
 }
@@ -25,6 +34,7 @@ impl Default for Outbox {
     fn default() -> Self {
         Outbox {
             queued: Vec::new(),
+            spare: Vec::new(),
             gso: cfg!(target_os = "linux"),
         }
     }
@@ -47,6 +57,13 @@ impl Outbox {
         self.queued.is_empty()
     }
 
+    /// An empty buffer to build a datagram in, one that went out before if any.
+    pub fn buffer(&mut self) -> BytesMut {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
+    }
+
     /// Sends everything queued without blocking; what the kernel will not take now is dropped.
     pub fn send(&mut self, socket: &UdpSocket) -> Sent {
         let runs = runs(&self.queued, self.gso);
@@ -60,7 +77,12 @@ impl Outbox {
             result.dropped += count - sent;
             first += count;
         }
-        self.queued.clear();
+        for (_, mut datagram) in self.queued.drain(..) {
+            if self.spare.len() < SPARE && datagram.capacity() >= BUFFER {
+                datagram.clear();
+                self.spare.push(datagram);
+            }
+        }
         result
     }
 }
@@ -235,6 +257,25 @@ mod tests {
                 assert_eq!(&buf[..n], &[e]);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn buffers_of_sent_datagrams_are_handed_out_again_empty() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut outbox = Outbox::default();
+        let mut media = outbox.buffer();
+        media.extend_from_slice(&[7; 1200]);
+        let at = media.as_ptr();
+        outbox.push(to.local_addr().unwrap(), media);
+        // Too small to be worth keeping.
+        outbox.push(to.local_addr().unwrap(), BytesMut::from(&[1u8; 64][..]));
+        assert_eq!(outbox.send(&sender).sent, 2);
+        let again = outbox.buffer();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), at, "the same allocation");
+        assert!(again.capacity() >= BUFFER);
+        assert_ne!(outbox.buffer().as_ptr(), at, "one spare only");
     }
 
     #[tokio::test]

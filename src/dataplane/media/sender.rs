@@ -5,6 +5,7 @@
 //! from (video) and the RTCP sender reports (RFC 3550 §6.4.1), which `rtc` still encrypts
 //! and sends.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -12,6 +13,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 
+use super::MediaPacket;
 use super::keytap::SrtpKeys;
 use super::srtp::{SrtpProtect, Unsupported};
 
@@ -32,6 +34,34 @@ pub struct Track {
     pub nack: bool,
 }
 
+/// What one viewer's copy of a shared packet changes in its header: its SSRC and payload
+/// type, and with a ladder its own numbering.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stamp {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+}
+
+impl Stamp {
+    pub fn apply(&self, header: &mut rtp::header::Header) {
+        header.ssrc = self.ssrc;
+        header.payload_type = self.payload_type;
+        header.sequence_number = self.sequence_number;
+        header.timestamp = self.timestamp;
+    }
+
+    /// Writes these over the fixed header a datagram starts with (RFC 3550 §5.1), keeping the
+    /// marker bit.
+    fn write(&self, datagram: &mut [u8]) {
+        datagram[1] = (datagram[1] & 0x80) | (self.payload_type & 0x7f);
+        datagram[2..4].copy_from_slice(&self.sequence_number.to_be_bytes());
+        datagram[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        datagram[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+    }
+}
+
 struct Stream {
     track: Track,
     packets: u32,
@@ -40,7 +70,8 @@ struct Stream {
     last: Option<(u32, Instant)>,
     /// The highest SRTP index sent (rollover count and sequence number).
     highest: Option<u64>,
-    history: Vec<Option<rtp::Packet>>,
+    /// The shared packets sent, by our sequence number, as stamped.
+    history: Vec<Option<(Arc<MediaPacket>, Stamp)>>,
 }
 
 impl Stream {
@@ -91,34 +122,42 @@ impl SrtpSender {
         })
     }
 
-    /// The SRTP datagram of `packet` (already stamped with this viewer's SSRC, payload type and
-    /// numbering), noted for reports and, for video, kept for NACKs.
-    pub fn protect(&mut self, packet: &rtp::Packet, now: Instant) -> Option<BytesMut> {
-        let index = self.stream_index(packet.header.ssrc)?;
-        let datagram = self.encrypt(index, packet)?;
+    /// The SRTP datagram of the shared `media` as stamped for this viewer, built in `buf`;
+    /// noted for reports and, for video, kept for NACKs.
+    pub fn protect(
+        &mut self,
+        media: &Arc<MediaPacket>,
+        stamp: Stamp,
+        now: Instant,
+        buf: BytesMut,
+    ) -> Option<BytesMut> {
+        let index = self.stream_index(stamp.ssrc)?;
+        let datagram = self.encrypt(index, &media.packet, stamp, buf)?;
         let stream = &mut self.streams[index];
         stream.packets = stream.packets.wrapping_add(1);
-        stream.octets = stream.octets.wrapping_add(packet.payload.len() as u32);
-        stream.last = Some((packet.header.timestamp, now));
+        stream.octets = stream
+            .octets
+            .wrapping_add(media.packet.payload.len() as u32);
+        stream.last = Some((stamp.timestamp, now));
         if !stream.history.is_empty() {
-            let slot = packet.header.sequence_number as usize % HISTORY;
-            stream.history[slot] = Some(packet.clone());
+            let slot = stamp.sequence_number as usize % HISTORY;
+            stream.history[slot] = Some((media.clone(), stamp));
         }
         Some(datagram)
     }
 
-    /// The packet `seq` of `ssrc` again, if it is still in the history.
-    pub fn resend(&mut self, ssrc: u32, seq: u16) -> Option<BytesMut> {
+    /// The packet `seq` of `ssrc` again, built in `buf`, if it is still in the history.
+    pub fn resend(&mut self, ssrc: u32, seq: u16, buf: BytesMut) -> Option<BytesMut> {
         let index = self.stream_index(ssrc)?;
-        let kept = self.streams[index]
+        let (media, stamp) = self.streams[index]
             .history
             .get(seq as usize % HISTORY)?
             .as_ref()?;
-        if kept.header.sequence_number != seq {
+        if stamp.sequence_number != seq {
             return None;
         }
-        let kept = kept.clone();
-        self.encrypt(index, &kept)
+        let (media, stamp) = (media.clone(), *stamp);
+        self.encrypt(index, &media.packet, stamp, buf)
     }
 
     /// A sender report per stream that has sent, once every [`REPORT_EVERY`].
@@ -153,22 +192,26 @@ impl SrtpSender {
         self.streams.iter().position(|s| s.track.ssrc == ssrc)
     }
 
-    /// `packet` of stream `index` as an SRTP datagram, in a buffer with room for the tag.
-    fn encrypt(&mut self, index: usize, packet: &rtp::Packet) -> Option<BytesMut> {
+    /// `packet` of stream `index`, stamped, as an SRTP datagram in `buf`.
+    fn encrypt(
+        &mut self,
+        index: usize,
+        packet: &rtp::Packet,
+        stamp: Stamp,
+        mut buf: BytesMut,
+    ) -> Option<BytesMut> {
         let size = packet.marshal_size();
-        let mut datagram = BytesMut::with_capacity(size + self.srtp.overhead());
-        datagram.resize(size, 0);
-        let n = packet.marshal_to(&mut datagram).ok()?;
-        datagram.truncate(n);
-        let header = &packet.header;
-        let srtp_index = self.streams[index].index(header.sequence_number);
-        self.srtp.protect_rtp(
-            &mut datagram,
-            header.marshal_size(),
-            header.ssrc,
-            srtp_index,
-        );
-        Some(datagram)
+        buf.clear();
+        buf.reserve(size + self.srtp.overhead());
+        buf.resize(size, 0);
+        let n = packet.marshal_to(&mut buf).ok()?;
+        buf.truncate(n);
+        stamp.write(&mut buf);
+        let srtp_index = self.streams[index].index(stamp.sequence_number);
+        let header_len = packet.header.marshal_size();
+        self.srtp
+            .protect_rtp(&mut buf, header_len, stamp.ssrc, srtp_index);
+        Some(buf)
     }
 }
 
@@ -217,6 +260,31 @@ mod tests {
         }
     }
 
+    /// Sends a Source's packet stamped with `packet`'s header: the shared packet carries other
+    /// values (FFmpeg's own), which the stamp must replace, and a marker bit, which it keeps.
+    fn protect(sender: &mut SrtpSender, packet: &rtp::Packet, now: Instant) -> Option<BytesMut> {
+        let h = &packet.header;
+        let mut source = packet.clone();
+        source.header.ssrc = 42;
+        source.header.payload_type = 96;
+        source.header.sequence_number = h.sequence_number.wrapping_add(1000);
+        source.header.timestamp = h.timestamp.wrapping_add(5);
+        source.header.marker = true;
+        let media = Arc::new(MediaPacket {
+            kind: crate::dataplane::media::TrackKind::Video,
+            keyframe_start: false,
+            rendition: 0,
+            packet: source,
+        });
+        let stamp = Stamp {
+            ssrc: h.ssrc,
+            payload_type: h.payload_type,
+            sequence_number: h.sequence_number,
+            timestamp: h.timestamp,
+        };
+        sender.protect(&media, stamp, now, BytesMut::new())
+    }
+
     const VIDEO: Track = Track {
         ssrc: 1111,
         clock_rate: 90_000,
@@ -237,14 +305,25 @@ mod tests {
             let now = Instant::now();
             for seq in [65534u16, 65535, 0, 1] {
                 let sent = packet(VIDEO.ssrc, seq, 3000, b"frame");
-                let datagram = sender.protect(&sent, now).unwrap();
+                let datagram = protect(&mut sender, &sent, now).unwrap();
                 let clear = viewer.decrypt_rtp(&datagram).unwrap();
                 let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
-                assert_eq!(got.header.sequence_number, seq, "{profile:?}");
+                let h = &got.header;
+                assert_eq!(
+                    (
+                        h.ssrc,
+                        h.payload_type,
+                        h.sequence_number,
+                        h.timestamp,
+                        h.marker
+                    ),
+                    (VIDEO.ssrc, 102, seq, 3000, true),
+                    "{profile:?}"
+                );
                 assert_eq!(got.payload, sent.payload, "{profile:?}");
             }
             // Not one of the viewer's SSRCs: nothing to send.
-            assert!(sender.protect(&packet(3333, 1, 0, b"x"), now).is_none());
+            assert!(protect(&mut sender, &packet(3333, 1, 0, b"x"), now).is_none());
         }
     }
 
@@ -255,23 +334,19 @@ mod tests {
         let mut viewer = viewer(&keys);
         let now = Instant::now();
         for seq in 0..=HISTORY as u16 {
-            let datagram = sender
-                .protect(&packet(VIDEO.ssrc, seq, 0, b"v"), now)
-                .unwrap();
+            let datagram = protect(&mut sender, &packet(VIDEO.ssrc, seq, 0, b"v"), now).unwrap();
             if seq != 5 {
                 viewer.decrypt_rtp(&datagram).unwrap();
             }
         }
-        sender
-            .protect(&packet(AUDIO.ssrc, 5, 0, b"a"), now)
-            .unwrap();
-        let again = sender.resend(VIDEO.ssrc, 5).unwrap();
+        protect(&mut sender, &packet(AUDIO.ssrc, 5, 0, b"a"), now).unwrap();
+        let again = sender.resend(VIDEO.ssrc, 5, BytesMut::new()).unwrap();
         let clear = viewer.decrypt_rtp(&again).unwrap();
         let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
         assert_eq!(got.header.sequence_number, 5);
         // Seq 0 was overwritten by seq HISTORY; audio keeps no history.
-        assert!(sender.resend(VIDEO.ssrc, 0).is_none());
-        assert!(sender.resend(AUDIO.ssrc, 5).is_none());
+        assert!(sender.resend(VIDEO.ssrc, 0, BytesMut::new()).is_none());
+        assert!(sender.resend(AUDIO.ssrc, 5, BytesMut::new()).is_none());
     }
 
     #[test]
@@ -282,15 +357,14 @@ mod tests {
             let mut viewer = viewer(&keys);
             let now = Instant::now();
             for seq in [65533u16, 65534, 65535, 0, 1] {
-                let datagram = sender
-                    .protect(&packet(VIDEO.ssrc, seq, 0, b"v"), now)
-                    .unwrap();
+                let datagram =
+                    protect(&mut sender, &packet(VIDEO.ssrc, seq, 0, b"v"), now).unwrap();
                 if seq != 65534 {
                     viewer.decrypt_rtp(&datagram).unwrap();
                 }
             }
             // Sent with rollover count 0; encrypting it with 1 would fail authentication.
-            let again = sender.resend(VIDEO.ssrc, 65534).unwrap();
+            let again = sender.resend(VIDEO.ssrc, 65534, BytesMut::new()).unwrap();
             let clear = viewer.decrypt_rtp(&again).expect("{profile:?}");
             let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
             assert_eq!(got.header.sequence_number, 65534);
@@ -305,9 +379,7 @@ mod tests {
         let wall = UNIX_EPOCH + Duration::from_millis(1_500);
         assert!(sender.reports_due(t0, wall).is_empty(), "nothing sent yet");
         for seq in 0..3 {
-            sender
-                .protect(&packet(VIDEO.ssrc, seq, 90_000, b"12345"), t0)
-                .unwrap();
+            protect(&mut sender, &packet(VIDEO.ssrc, seq, 90_000, b"12345"), t0).unwrap();
         }
         assert!(sender.reports_due(t0, wall).is_empty(), "not a second yet");
         let later = t0 + Duration::from_millis(1_500);

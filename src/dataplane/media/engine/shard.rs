@@ -27,7 +27,7 @@ use crate::dataplane::media::keytap::KeyTap;
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::rendition::{Feedback, Follower};
-use crate::dataplane::media::sender::{SrtpSender, Track};
+use crate::dataplane::media::sender::{SrtpSender, Stamp, Track};
 use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
 use crate::dataplane::metrics::{ProcessMetrics, Transport};
@@ -451,7 +451,7 @@ impl Shard {
         if let Some(sender) = sub.sender.as_mut() {
             let again: Vec<BytesMut> = nacked
                 .into_iter()
-                .filter_map(|(ssrc, seq)| sender.resend(ssrc, seq))
+                .filter_map(|(ssrc, seq)| sender.resend(ssrc, seq, self.outbox.buffer()))
                 .collect();
             self.shared
                 .metrics
@@ -795,7 +795,7 @@ impl Subscriber {
     /// [`flush_writes`] collects (returns 0). None when not sent.
     fn write_media(
         &mut self,
-        media: &MediaPacket,
+        media: &Arc<MediaPacket>,
         now: Instant,
         shared: &Shared,
         outbox: &mut Outbox,
@@ -805,22 +805,26 @@ impl Subscriber {
             TrackKind::Audio => self.audio,
         };
         let out = out?;
-        let mut packet = media.packet.clone();
+        let header = &media.packet.header;
+        let mut stamp = Stamp {
+            ssrc: out.ssrc,
+            payload_type: out.payload_type,
+            sequence_number: header.sequence_number,
+            timestamp: header.timestamp,
+        };
         if media.kind == TrackKind::Video
             && let Some(follower) = &mut self.follower
         {
-            let header = &packet.header;
             let admitted = follower.admit(
                 media.rendition,
                 media.keyframe_start,
                 header.sequence_number,
                 header.timestamp,
-                packet.payload.len(),
+                media.packet.payload.len(),
                 now,
             );
             let ((seq, timestamp), switched) = admitted?;
-            packet.header.sequence_number = seq;
-            packet.header.timestamp = timestamp;
+            (stamp.sequence_number, stamp.timestamp) = (seq, timestamp);
             if let Some(switched) = switched {
                 let m = &self.metrics;
                 m.rendition_viewers_add(switched.from, -1);
@@ -830,12 +834,12 @@ impl Subscriber {
                 debug!(session = %self.id, ?switched, up, "rendition switched");
             }
         }
-        packet.header.ssrc = out.ssrc;
-        packet.header.payload_type = out.payload_type;
         if let Some(sender) = self.sender.as_mut() {
-            let datagram = sender.protect(&packet, now)?;
+            let datagram = sender.protect(media, stamp, now, outbox.buffer())?;
             return Some(self.send_own(shared, outbox, datagram));
         }
+        let mut packet = media.packet.clone();
+        stamp.apply(&mut packet.header);
         // Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, whose
         // per-packet checks (SSRC, payload type, extensions) hold by construction here and
         // which allocates the track id on every packet; the pipeline routes by SSRC and
