@@ -365,7 +365,9 @@ mod tests {
             }
             // Sent with rollover count 0; encrypting it with 1 would fail authentication.
             let again = sender.resend(VIDEO.ssrc, 65534, BytesMut::new()).unwrap();
-            let clear = viewer.decrypt_rtp(&again).expect("{profile:?}");
+            let clear = viewer
+                .decrypt_rtp(&again)
+                .unwrap_or_else(|e| panic!("{profile:?}: {e}"));
             let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
             assert_eq!(got.header.sequence_number, 65534);
         }

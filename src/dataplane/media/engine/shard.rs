@@ -255,20 +255,13 @@ impl Shard {
     /// When the shard must wake even if no message comes: the earliest timer or the chores,
     /// late by the slack the peers' states allow.
     fn next_wake(&self) -> Option<Instant> {
-        let slack = if self.connecting > 0 {
-            TIMER_SLACK
+        let (timer_slack, chores_slack) = if self.connecting > 0 {
+            (TIMER_SLACK, Duration::ZERO)
         } else {
-            CONNECTED_SLACK
+            (CONNECTED_SLACK, CONNECTED_SLACK)
         };
-        let timer = self.timers.peek().map(|Reverse((at, _))| *at + slack);
-        let chores = (!self.peers.is_empty()).then(|| {
-            self.chores_at
-                + if self.connecting > 0 {
-                    Duration::ZERO
-                } else {
-                    CONNECTED_SLACK
-                }
-        });
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at + timer_slack);
+        let chores = (!self.peers.is_empty()).then(|| self.chores_at + chores_slack);
         timer.into_iter().chain(chores).min()
     }
 
