@@ -63,7 +63,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--viewers and --ramp must be at least 1");
     }
     let clock = ClockTicks::detect();
-    let own_start = read_cpu_ticks("self")?;
+    let own_start = read_cpu_ticks("self")?.total();
     let run_start = Instant::now();
 
     let ramp = subscribe_all(&args).await;
@@ -78,7 +78,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let window =
         measure_steady_window(&ramp.viewers, &args, Duration::from_secs(args.duration)).await?;
     let stats: Vec<ViewerStats> = ramp.viewers.iter().map(Viewer::stats).collect();
-    let own_end = read_cpu_ticks("self")?;
+    let own_end = read_cpu_ticks("self")?.total();
     close_all(ramp.viewers).await;
 
     let report = Report::build(
@@ -169,7 +169,7 @@ async fn wait_for_joins(viewers: &[Viewer], timeout: Duration) {
 struct Sample {
     at: Instant,
     packets: u64,
-    server_ticks: Option<u64>,
+    server_ticks: Option<CpuTicks>,
     own_ticks: u64,
 }
 
@@ -190,12 +190,8 @@ impl Window {
         self.end.packets.saturating_sub(self.start.packets)
     }
 
-    fn server_ticks(&self) -> Option<u64> {
-        Some(
-            self.end
-                .server_ticks?
-                .saturating_sub(self.start.server_ticks?),
-        )
+    fn server_ticks(&self) -> Option<CpuTicks> {
+        Some(self.end.server_ticks?.since(self.start.server_ticks?))
     }
 
     fn own_ticks(&self) -> u64 {
@@ -239,7 +235,7 @@ fn sample(viewers: &[Viewer], server_pid: Option<u32>) -> anyhow::Result<Sample>
         at: Instant::now(),
         packets: viewers.iter().map(|v| v.stats().media_packets()).sum(),
         server_ticks,
-        own_ticks: read_cpu_ticks("self")?,
+        own_ticks: read_cpu_ticks("self")?.total(),
     })
 }
 
@@ -292,8 +288,29 @@ impl ClockTicks {
     }
 }
 
-/// utime + stime of a process (`"self"` or a pid) in clock ticks.
-fn read_cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+/// CPU time of a process in clock ticks, split as /proc splits it: its own code (and libc's)
+/// and the kernel working for it, which on loopback includes delivering what it sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
+}
+
+impl CpuTicks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    fn since(self, start: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(start.user),
+            system: self.system.saturating_sub(start.system),
+        }
+    }
+}
+
+/// utime and stime of a process (`"self"` or a pid).
+fn read_cpu_ticks(pid: &str) -> anyhow::Result<CpuTicks> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_cpu_ticks(&stat).with_context(|| format!("parsing {path}"))
@@ -301,13 +318,14 @@ fn read_cpu_ticks(pid: &str) -> anyhow::Result<u64> {
 
 /// Fields 14 and 15 of /proc/PID/stat. The command name (field 2) may hold spaces and
 /// parentheses, so counting starts after its last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_cpu_ticks(stat: &str) -> Option<CpuTicks> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some(CpuTicks {
+        user: fields.get(11)?.parse().ok()?,
+        system: fields.get(12)?.parse().ok()?,
+    })
 }
 
 /// Peak and current resident memory of a process.
@@ -407,6 +425,8 @@ struct ServerFigures {
     cpu_pct: f64,
     /// Server CPU time divided by media packets its viewers received.
     cpu_us_per_packet: Option<f64>,
+    /// The kernel's share of it (stime), per packet: the floor no server code removes.
+    kernel_us_per_packet: Option<f64>,
     memory: Option<MemoryKb>,
 }
 
@@ -474,12 +494,13 @@ impl Report {
             .server_pid
             .zip(window.server_ticks())
             .map(|(pid, ticks)| {
-                let cpu_secs = clock.secs(ticks);
+                let cpu_secs = clock.secs(ticks.total());
                 ServerFigures {
                     pid,
                     cpu_secs,
                     cpu_pct: pct_of(cpu_secs, steady_secs),
                     cpu_us_per_packet: per_packet(cpu_secs),
+                    kernel_us_per_packet: per_packet(clock.secs(ticks.system)),
                     memory: window.server_mem,
                 }
             });
@@ -566,11 +587,12 @@ impl Report {
         match &self.server {
             Some(s) => {
                 println!(
-                    "server     pid {}  CPU {:.2}s ({:.1}%)  {} per packet  [CLK_TCK {}{assumed}]",
+                    "server     pid {}  CPU {:.2}s ({:.1}%)  {} per packet, {} of it in the kernel  [CLK_TCK {}{assumed}]",
                     s.pid,
                     s.cpu_secs,
                     s.cpu_pct,
                     fmt_us(s.cpu_us_per_packet),
+                    fmt_us(s.kernel_us_per_packet),
                     self.clock_ticks.per_sec
                 );
                 if let Some(m) = s.memory {
@@ -654,7 +676,13 @@ mod tests {
         // comm with spaces and a parenthesis; utime 1234, stime 56.
         let stat = "4242 (web (rtc) egress) S 1 4242 4242 0 -1 4194560 2000 0 0 0 1234 56 0 0 \
                     20 0 9 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(parse_cpu_ticks(stat), Some(1290));
+        assert_eq!(
+            parse_cpu_ticks(stat),
+            Some(CpuTicks {
+                user: 1234,
+                system: 56
+            })
+        );
         assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None);
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }
