@@ -201,14 +201,21 @@ impl SrtpSender {
         mut buf: BytesMut,
     ) -> Option<BytesMut> {
         let size = packet.marshal_size();
+        let header_len = packet.header.marshal_size();
         buf.clear();
         buf.reserve(size + self.srtp.overhead());
-        buf.resize(size, 0);
-        let n = packet.marshal_to(&mut buf).ok()?;
-        buf.truncate(n);
+        if packet.header.padding {
+            buf.resize(size, 0);
+            let n = packet.marshal_to(&mut buf).ok()?;
+            buf.truncate(n);
+        } else {
+            // Only the header is zeroed and written; the payload is appended, copied once.
+            buf.resize(header_len, 0);
+            packet.header.marshal_to(&mut buf).ok()?;
+            buf.extend_from_slice(&packet.payload);
+        }
         stamp.write(&mut buf);
         let srtp_index = self.streams[index].index(stamp.sequence_number);
-        let header_len = packet.header.marshal_size();
         self.srtp
             .protect_rtp(&mut buf, header_len, stamp.ssrc, srtp_index);
         Some(buf)
@@ -324,6 +331,33 @@ mod tests {
             }
             // Not one of the viewer's SSRCs: nothing to send.
             assert!(protect(&mut sender, &packet(3333, 1, 0, b"x"), now).is_none());
+        }
+    }
+
+    #[test]
+    fn the_viewer_gets_the_bytes_rtc_would_marshal_with_csrcs_extensions_and_padding() {
+        use rtc::shared::marshal::Marshal;
+        let keys = keys(ProtectionProfile::AeadAes128Gcm);
+        for padding in [false, true] {
+            let mut sender = SrtpSender::new(&keys, &[VIDEO, AUDIO]).unwrap();
+            let mut viewer = viewer(&keys);
+            let mut sent = packet(VIDEO.ssrc, 7, 3000, b"a payload of odd size");
+            sent.header.padding = padding;
+            sent.header.csrc = vec![5, 6];
+            sent.header.extension = true;
+            sent.header.extension_profile = 0xBEDE;
+            sent.header
+                .set_extension(3, Bytes::from_static(&[1, 2, 3]))
+                .unwrap();
+            let datagram = protect(&mut sender, &sent, Instant::now()).unwrap();
+            let clear = viewer.decrypt_rtp(&datagram).unwrap();
+            let mut expected = sent.clone();
+            expected.header.marker = true;
+            assert_eq!(
+                &clear[..],
+                &expected.marshal().unwrap()[..],
+                "padding {padding}"
+            );
         }
     }
 

@@ -157,9 +157,9 @@ impl Engine {
             let shard = Shard {
                 index,
                 shared: shared.clone(),
-                peers: HashMap::new(),
-                by_stream: HashMap::new(),
-                stream_metrics: HashMap::new(),
+                peers: Default::default(),
+                by_stream: Default::default(),
+                stream_metrics: Default::default(),
                 outbox: Outbox::default(),
                 timers: Default::default(),
                 connecting: 0,
