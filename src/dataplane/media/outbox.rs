@@ -4,10 +4,9 @@
 //! the kernel walks its stack once for the run and cuts it into the same datagrams. Buffers
 //! of sent datagrams are kept and handed out again, so a datagram costs no allocation.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 
 use bytes::BytesMut;
-use tokio::net::UdpSocket;
 
 /// Most messages handed to the kernel in one call (Linux caps `sendmmsg` at 1024).
 const MAX_BATCH: usize = 1024;
@@ -233,9 +232,9 @@ mod tests {
 
     #[tokio::test]
     async fn batch_reaches_every_destination_in_order() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut outbox = Outbox::default();
         for i in 0..3u8 {
             outbox.push(a.local_addr().unwrap(), BytesMut::from(&[i][..]));
@@ -261,8 +260,8 @@ mod tests {
 
     #[tokio::test]
     async fn buffers_of_sent_datagrams_are_handed_out_again_empty() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let to = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut outbox = Outbox::default();
         let mut media = outbox.buffer();
         media.extend_from_slice(&[7; 1200]);
@@ -280,9 +279,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_to_one_viewer_arrives_as_the_datagrams_it_was() {
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         let mut outbox = Outbox::default();
         let datagrams: [(SocketAddr, &[u8]); 6] = [

@@ -2,12 +2,18 @@
 
 use std::net::SocketAddr;
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 
 /// A non-blocking UDP socket bound to `addr` (IPv6 ones dual-stack) whose kernel buffers are
 /// raised to `buffer_bytes` each way, best effort (the kernel caps them at `net.core.*mem_max`):
 /// keyframe bursts to hundreds of peers, or one replayed GOP, overflow the defaults.
 pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<UdpSocket> {
+    UdpSocket::from_std(open(addr, buffer_bytes)?)
+}
+
+fn open(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_send_buffer_size(buffer_bytes);
@@ -17,7 +23,46 @@ pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<UdpSocket>
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// The server's shared media socket, watched by the runtime for reading only.
+///
+/// Tokio's `UdpSocket` also registers for write readiness, and the kernel signals it (edge
+/// triggered) every time datagrams we sent are freed, which on loopback is at once: each burst
+/// sent woke an idle worker thread that had nothing to do. Sends here never wait for room
+/// (`MSG_DONTWAIT`; what the kernel refuses is dropped, as UDP), so they need no readiness.
+pub struct MediaSocket {
+    fd: AsyncFd<std::net::UdpSocket>,
+}
+
+impl MediaSocket {
+    /// Binds as [`bind`] does.
+    pub fn bind(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<Self> {
+        let socket = open(addr, buffer_bytes)?;
+        // SAFETY: the socket owns its descriptor, which stays open and the same for as long
+        // as the AsyncFd holds it.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
+        Ok(MediaSocket { fd })
+    }
+
+    pub async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            if let Ok(result) = ready.try_io(|fd| fd.get_ref().recv_from(buf)) {
+                return result;
+            }
+        }
+    }
+
+    /// The socket to send on: non-blocking, and never waited on.
+    pub fn sender(&self) -> &std::net::UdpSocket {
+        self.fd.get_ref()
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.fd.get_ref().local_addr()
+    }
 }
 
 /// Room for one datagram in [`Batch`]: a full Ethernet MTU, and more than FFmpeg's RTP legs use.
@@ -43,7 +88,7 @@ impl Batch {
     /// nothing is.
     pub fn recv(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
         self.lens.clear();
-        socket.try_io(tokio::io::Interest::READABLE, || {
+        socket.try_io(Interest::READABLE, || {
             recv_into(socket, &mut self.buf, &mut self.lens)
         })?;
         Ok(self.lens.len())
@@ -116,6 +161,20 @@ fn recv_into(socket: &UdpSocket, buf: &mut [u8], lens: &mut Vec<usize>) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_media_socket_receives_and_sends_without_write_readiness() {
+        let media = MediaSocket::bind("127.0.0.1:0".parse().unwrap(), 1 << 16).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (at, from) = (media.local_addr().unwrap(), peer.local_addr().unwrap());
+        peer.send_to(b"ping", at).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, source) = media.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], source), (&b"ping"[..], from));
+        media.sender().send_to(b"pong", from).unwrap();
+        let (n, source) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], source), (&b"pong"[..], at));
+    }
 
     #[tokio::test]
     async fn a_batch_reads_every_queued_datagram_in_order_then_would_block() {

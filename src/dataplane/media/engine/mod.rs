@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::shared::TransportProtocol;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -30,6 +30,7 @@ use super::feedback::ViewerReports;
 use super::outbox::Outbox;
 use super::peer::{self, TcpCandidate};
 use super::rendition::{Follower, Ladder};
+use super::udp::MediaSocket;
 use super::{MediaPacket, StreamKey, SubscribeError};
 use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
@@ -88,7 +89,7 @@ pub enum Admission {
 }
 
 struct Shared {
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
     /// Advertised addresses and ICE servers can change at run time (a load balancer's IP
     /// arrives after the pod starts); existing peers keep the candidates they answered with.
     factory: RwLock<PeerFactoryConfig>,
@@ -138,7 +139,7 @@ pub struct Engine {
 impl Engine {
     /// Binds the one media port and starts the reader and the shards.
     pub async fn start(config: EngineConfig, metrics: Metrics) -> std::io::Result<Arc<Engine>> {
-        let socket = super::udp::bind(config.bind, SOCKET_BUFFER)?;
+        let socket = MediaSocket::bind(config.bind, SOCKET_BUFFER)?;
         let shared = Arc::new(Shared {
             socket: Arc::new(socket),
             factory: RwLock::new(config.factory.clone()),

@@ -301,7 +301,7 @@ impl Shard {
         if self.outbox.is_empty() {
             return;
         }
-        let result = self.outbox.send(&self.shared.socket);
+        let result = self.outbox.send(self.shared.socket.sender());
         if result.dropped > 0 {
             self.shared
                 .metrics
