@@ -158,9 +158,9 @@ impl Engine {
             let shard = Shard {
                 index,
                 shared: shared.clone(),
-                peers: Default::default(),
-                by_stream: Default::default(),
-                stream_metrics: Default::default(),
+                peers: HashMap::new(),
+                by_stream: HashMap::new(),
+                stream_metrics: HashMap::new(),
                 outbox: Outbox::default(),
                 timers: Default::default(),
                 connecting: 0,

@@ -2,7 +2,7 @@
 //! media and commands through one queue, sending what its peers produce in batches.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -189,11 +189,10 @@ pub(super) struct Nomination {
 pub(super) struct Shard {
     pub(super) index: usize,
     pub(super) shared: Arc<Shared>,
-    /// Hashed with foldhash: looked up for every viewer of every burst, by ids we made.
-    pub(super) peers: foldhash::HashMap<SessionId, Subscriber>,
-    pub(super) by_stream: foldhash::HashMap<StreamKey, Vec<SessionId>>,
+    pub(super) peers: HashMap<SessionId, Subscriber>,
+    pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
     /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
-    pub(super) stream_metrics: foldhash::HashMap<StreamKey, ProcessMetrics>,
+    pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
     pub(super) outbox: Outbox,
     /// Every peer's next timeout, earliest first; an entry whose peer's `timer` no longer
