@@ -7,6 +7,7 @@
 mod demux;
 mod fanout;
 mod keyframes;
+mod peers;
 mod shard;
 mod tcp;
 
@@ -36,6 +37,7 @@ use crate::dataplane::metrics::{Metrics, ProcessMetrics};
 use demux::{Route, Routes, read_socket};
 use fanout::Fanout;
 use keyframes::KeyframeCache;
+use peers::Peers;
 use shard::{FeedbackRead, Shard, ShardMsg, Subscriber};
 
 pub type SessionId = Arc<str>;
@@ -158,7 +160,7 @@ impl Engine {
             let shard = Shard {
                 index,
                 shared: shared.clone(),
-                peers: HashMap::new(),
+                peers: Peers::default(),
                 by_stream: HashMap::new(),
                 stream_metrics: HashMap::new(),
                 outbox: Outbox::default(),

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::demux::{Route, local_candidate_for};
+use super::peers::Peers;
 use super::tcp::TcpLink;
 use super::{SessionId, Shared};
 use crate::dataplane::media::codecs::clock_rate;
@@ -189,8 +190,9 @@ pub(super) struct Nomination {
 pub(super) struct Shard {
     pub(super) index: usize,
     pub(super) shared: Arc<Shared>,
-    pub(super) peers: HashMap<SessionId, Subscriber>,
-    pub(super) by_stream: HashMap<StreamKey, Vec<SessionId>>,
+    pub(super) peers: Peers<Subscriber>,
+    /// Each stream's viewers here, by slot in `peers`.
+    pub(super) by_stream: HashMap<StreamKey, Vec<usize>>,
     /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
     pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
@@ -359,7 +361,11 @@ impl Shard {
             }
             ShardMsg::DropStream { stream, reply } => {
                 self.stream_metrics.remove(&stream);
-                let ids = self.by_stream.remove(&stream).unwrap_or_default();
+                let slots = self.by_stream.remove(&stream).unwrap_or_default();
+                let ids: Vec<SessionId> = slots
+                    .iter()
+                    .filter_map(|slot| Some(self.peers.at(*slot)?.id.clone()))
+                    .collect();
                 let closed = ids
                     .iter()
                     .filter(|id| self.reap(id, "stream torn down"))
@@ -367,7 +373,7 @@ impl Shard {
                 let _ = reply.send(closed);
             }
             ShardMsg::Shutdown { reply } => {
-                let ids: Vec<_> = self.peers.keys().cloned().collect();
+                let ids: Vec<_> = self.peers.ids().cloned().collect();
                 for id in ids {
                     self.reap(&id, "shutdown");
                 }
@@ -385,8 +391,8 @@ impl Shard {
             .entry(stream)
             .or_insert_with(|| sub.metrics.clone());
         self.connecting += usize::from(!sub.connected);
-        self.peers.insert(id.clone(), sub);
-        self.by_stream.entry(stream).or_default().push(id.clone());
+        let slot = self.peers.insert(id.clone(), sub);
+        self.by_stream.entry(stream).or_default().push(slot);
         if self.shared.closed_streams.lock().unwrap().contains(&stream) {
             self.reap(&id, "stream torn down");
             return;
@@ -475,13 +481,13 @@ impl Shard {
     }
 
     fn on_media(&mut self, stream: StreamKey, packets: &[Arc<MediaPacket>]) {
-        let Some(ids) = self.by_stream.get(&stream) else {
+        let Some(slots) = self.by_stream.get(&stream) else {
             return;
         };
         let now = Instant::now();
         let (mut forwarded, mut bytes) = (0, 0);
-        for id in ids {
-            if let Some(sub) = self.peers.get_mut(id)
+        for slot in slots {
+            if let Some(sub) = self.peers.at_mut(*slot)
                 && sub.connected
             {
                 // The whole burst, then one pass through the peer's pipeline; the viewer's
@@ -612,13 +618,13 @@ impl Shard {
     fn replay_nominations(&mut self, now: Instant) {
         let due: Vec<SessionId> = self
             .peers
-            .iter()
-            .filter(|(_, sub)| {
+            .values()
+            .filter(|sub| {
                 sub.nomination.as_ref().is_some_and(|n| {
                     !sub.connected && now.duration_since(n.replayed) >= NOMINATION_REPLAY
                 })
             })
-            .map(|(id, _)| id.clone())
+            .map(|sub| sub.id.clone())
             .collect();
         for id in due {
             self.replay_nomination(&id, now);
@@ -700,12 +706,12 @@ impl Shard {
 
     /// Closes and forgets one peer. Returns false when it was not here.
     fn reap(&mut self, id: &SessionId, reason: &'static str) -> bool {
-        let Some(mut sub) = self.peers.remove(id) else {
+        let Some((slot, mut sub)) = self.peers.remove(id) else {
             return false;
         };
         self.connecting -= usize::from(!sub.connected);
-        if let Some(ids) = self.by_stream.get_mut(&sub.stream) {
-            ids.retain(|s| s != id);
+        if let Some(slots) = self.by_stream.get_mut(&sub.stream) {
+            slots.retain(|s| *s != slot);
         }
         // close() queues DTLS close_notify so the client learns at once rather than by timeout.
         let _ = sub.pc.close();
