@@ -27,6 +27,10 @@ pub struct Outbox {
     spare: Vec<BytesMut>,
     /// Cleared when the kernel refuses a GSO message (a device without checksum offload).
     gso: bool,
+    /// The datagram counts of one send's messages, and the system call's arrays: kept from
+    /// one send to the next, as a fan-out to hundreds of viewers makes them tens of KiB.
+    runs: Vec<usize>,
+    scratch: Scratch,
 }
 
 impl Default for Outbox {
@@ -35,6 +39,8 @@ impl Default for Outbox {
             queued: Vec::new(),
             spare: Vec::new(),
             gso: cfg!(target_os = "linux"),
+            runs: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 }
@@ -65,13 +71,13 @@ impl Outbox {
 
     /// Sends everything queued without blocking; what the kernel will not take now is dropped.
     pub fn send(&mut self, socket: &UdpSocket) -> Sent {
-        let runs = runs(&self.queued, self.gso);
+        runs(&self.queued, self.gso, &mut self.runs);
         let mut result = Sent::default();
         let mut first = 0;
-        for chunk in runs.chunks(MAX_BATCH) {
+        for chunk in self.runs.chunks(MAX_BATCH) {
             let count: usize = chunk.iter().sum();
             let batch = &self.queued[first..first + count];
-            let sent = send_batch(socket, batch, chunk, &mut self.gso);
+            let sent = self.scratch.send(socket, batch, chunk, &mut self.gso);
             result.sent += sent;
             result.dropped += count - sent;
             first += count;
@@ -89,8 +95,8 @@ impl Outbox {
 /// Splits the queue into messages: the datagram counts of runs to one destination, every
 /// datagram of a run but the last of the same size and the last no bigger (as GSO requires);
 /// runs of one without GSO.
-fn runs(queued: &[(SocketAddr, BytesMut)], gso: bool) -> Vec<usize> {
-    let mut runs: Vec<usize> = Vec::new();
+fn runs(queued: &[(SocketAddr, BytesMut)], gso: bool, runs: &mut Vec<usize>) {
+    runs.clear();
     let mut start = 0;
     for (i, (dest, datagram)) in queued.iter().enumerate() {
         let (first_dest, first) = &queued[start];
@@ -114,116 +120,155 @@ fn runs(queued: &[(SocketAddr, BytesMut)], gso: bool) -> Vec<usize> {
     if queued.len() > start {
         runs.push(queued.len() - start);
     }
-    runs
 }
 
 #[cfg(target_os = "linux")]
 const UDP_SEGMENT: libc::c_int = 103;
 
-/// Sends `batch`, cut into messages of `runs` datagrams; returns the datagrams sent.
+/// Room for one `UDP_SEGMENT` control message (a u16), aligned as cmsghdr wants.
 #[cfg(target_os = "linux")]
-fn send_batch(
-    socket: &UdpSocket,
-    batch: &[(SocketAddr, BytesMut)],
-    runs: &[usize],
-    gso: &mut bool,
-) -> usize {
-    use std::os::fd::AsRawFd;
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 24]);
 
-    /// Room for one `UDP_SEGMENT` control message (a u16), aligned as cmsghdr wants.
-    #[repr(C, align(8))]
-    #[derive(Clone, Copy)]
-    struct Control([u8; 24]);
+/// The arrays of one `sendmmsg` call. They are refilled at the start of every send; between
+/// sends their pointers are stale values that nothing reads.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Scratch {
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<socket2::SockAddr>,
+    controls: Vec<Control>,
+    headers: Vec<libc::mmsghdr>,
+    /// Datagrams in each message still to send.
+    datagrams: Vec<usize>,
+}
 
-    let mut iovecs: Vec<libc::iovec> = batch
-        .iter()
-        .map(|(_, d)| libc::iovec {
+// SAFETY: the raw pointers in `iovecs` and `headers` are only dereferenced (by the kernel)
+// within `send`, which first points them at the batch it was given and at `self`; moving them
+// between threads moves no access.
+#[cfg(target_os = "linux")]
+unsafe impl Send for Scratch {}
+
+#[cfg(target_os = "linux")]
+impl Scratch {
+    /// Sends `batch`, cut into messages of `runs` datagrams; returns the datagrams sent.
+    fn send(
+        &mut self,
+        socket: &UdpSocket,
+        batch: &[(SocketAddr, BytesMut)],
+        runs: &[usize],
+        gso: &mut bool,
+    ) -> usize {
+        use std::os::fd::AsRawFd;
+
+        let Scratch {
+            iovecs,
+            addrs,
+            controls,
+            headers,
+            datagrams,
+        } = self;
+        iovecs.clear();
+        iovecs.extend(batch.iter().map(|(_, d)| libc::iovec {
             iov_base: d.as_ptr() as *mut libc::c_void,
             iov_len: d.len(),
-        })
-        .collect();
-    let mut firsts = Vec::with_capacity(runs.len());
-    let mut at = 0;
-    for run in runs {
-        firsts.push(at);
-        at += run;
-    }
-    let addrs: Vec<socket2::SockAddr> = firsts.iter().map(|i| batch[*i].0.into()).collect();
-    let mut controls = vec![Control([0; 24]); runs.len()];
-    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
-    for (k, (&first, &run)) in firsts.iter().zip(runs).enumerate() {
-        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        let addr = &addrs[k];
-        hdr.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-        hdr.msg_hdr.msg_namelen = addr.len();
-        hdr.msg_hdr.msg_iov = iovecs[first..].as_mut_ptr();
-        hdr.msg_hdr.msg_iovlen = run as _;
-        if run > 1 {
-            let control = &mut controls[k];
-            hdr.msg_hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
-            // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the buffer holds CMSG_SPACE(2).
-            unsafe {
-                hdr.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-                let cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
-                let segment = batch[first].1.len() as u16;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
-            }
+        }));
+        addrs.clear();
+        let mut at = 0;
+        for run in runs {
+            addrs.push(batch[at].0.into());
+            at += run;
         }
-        headers.push(hdr);
-    }
-    let mut datagrams: Vec<usize> = runs.to_vec();
-    let (mut done, mut sent) = (0, 0);
-    while done < headers.len() {
-        // SAFETY: `headers[done..]` points at live iovecs, buffers, addresses and controls.
-        let n = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers[done..].as_mut_ptr(),
-                (headers.len() - done) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            sent += datagrams[done..done + n as usize].iter().sum::<usize>();
-            done += n as usize;
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => break,
-            _ => {
-                // A device without checksum offload refuses GSO (EIO): no more of it; the
-                // message is dropped like any other that fails, and later ones go one by one.
-                if datagrams[done] > 1
-                    && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL))
-                {
-                    *gso = false;
+        controls.clear();
+        controls.resize(runs.len(), Control([0; 24]));
+        headers.clear();
+        let mut first = 0;
+        for (k, &run) in runs.iter().enumerate() {
+            // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+            let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            let addr = &addrs[k];
+            hdr.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            hdr.msg_hdr.msg_namelen = addr.len();
+            hdr.msg_hdr.msg_iov = iovecs[first..].as_mut_ptr();
+            hdr.msg_hdr.msg_iovlen = run as _;
+            if run > 1 {
+                let control = &mut controls[k];
+                hdr.msg_hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic; the buffer holds
+                // CMSG_SPACE(2).
+                unsafe {
+                    hdr.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                    let cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                    let segment = batch[first].1.len() as u16;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
                 }
-                // Full buffer or an unreachable destination: skip that message, keep going.
-                headers.remove(done);
-                datagrams.remove(done);
+            }
+            headers.push(hdr);
+            first += run;
+        }
+        datagrams.clear();
+        datagrams.extend_from_slice(runs);
+        let (mut done, mut sent) = (0, 0);
+        while done < headers.len() {
+            // SAFETY: `headers[done..]` points at live iovecs, buffers, addresses and controls.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers[done..].as_mut_ptr(),
+                    (headers.len() - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                sent += datagrams[done..done + n as usize].iter().sum::<usize>();
+                done += n as usize;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => break,
+                _ => {
+                    // A device without checksum offload refuses GSO (EIO): no more of it; the
+                    // message is dropped like any other that fails, and later ones go one by
+                    // one.
+                    if datagrams[done] > 1
+                        && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+                    {
+                        *gso = false;
+                    }
+                    // Full buffer or an unreachable destination: skip that message, keep going.
+                    headers.remove(done);
+                    datagrams.remove(done);
+                }
             }
         }
+        sent
     }
-    sent
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_batch(
-    socket: &UdpSocket,
-    batch: &[(SocketAddr, BytesMut)],
-    _runs: &[usize],
-    _gso: &mut bool,
-) -> usize {
-    batch
-        .iter()
-        .filter(|(dest, d)| socket.try_send_to(d, *dest).is_ok())
-        .count()
+#[derive(Default)]
+struct Scratch;
+
+#[cfg(not(target_os = "linux"))]
+impl Scratch {
+    fn send(
+        &mut self,
+        socket: &UdpSocket,
+        batch: &[(SocketAddr, BytesMut)],
+        _runs: &[usize],
+        _gso: &mut bool,
+    ) -> usize {
+        batch
+            .iter()
+            .filter(|(dest, d)| socket.send_to(d, *dest).is_ok())
+            .count()
+    }
 }
 
 #[cfg(test)]
@@ -295,8 +340,11 @@ mod tests {
         for (dest, d) in datagrams {
             outbox.push(dest, BytesMut::from(d));
         }
-        assert_eq!(runs(&outbox.queued, true), vec![3, 1, 1, 1]);
-        assert_eq!(runs(&outbox.queued, false), vec![1; 6]);
+        let mut cut = vec![9];
+        runs(&outbox.queued, true, &mut cut);
+        assert_eq!(cut, vec![3, 1, 1, 1]);
+        runs(&outbox.queued, false, &mut cut);
+        assert_eq!(cut, vec![1; 6]);
         assert_eq!(outbox.send(&sender).sent, 6);
         let mut buf = [0u8; 8];
         for (dest, d) in datagrams {

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rtc::rtp;
 use rtc::shared::marshal::Unmarshal;
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use super::codecs::clock_rate;
 use super::h264::KeyframeDetector;
-use super::udp::Batch;
+use super::udp::{Batch, MediaSocket};
 use super::{MediaPacket, TrackKind};
 
 /// Takes the packets read in one wake-up, in order: one hand-off (and one batch of sends) for
@@ -46,7 +45,7 @@ impl Source {
         sink: PacketSink,
         on_media: OnMedia,
     ) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let socket = MediaSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)), SOCKET_BUFFER)?;
         let addr = socket.local_addr()?;
         let shared = Arc::new(SourceShared {
             started: Instant::now(),
@@ -109,52 +108,38 @@ impl Drop for Source {
 const MAX_BURST: usize = 64;
 /// Packets read per system call: a video frame's at 2 Mbit/s and 30 fps is about seven.
 const BATCH: usize = 16;
+/// The kernel's receive buffer asked for (it caps it at `net.core.rmem_max`): a keyframe of a
+/// high rendition waits there while the worker is busy.
+const SOCKET_BUFFER: usize = 1 << 20;
 
 async fn receive(
-    socket: UdpSocket,
+    socket: MediaSocket,
     (kind, rendition): (TrackKind, u8),
     shared: Arc<SourceShared>,
     sink: PacketSink,
     on_media: OnMedia,
 ) {
     let mut batch = Batch::new(BATCH);
-    let mut normalizer = Normalizer::new(clock_rate(kind));
-    let mut keyframes = KeyframeDetector::default();
+    let mut reader = Reader {
+        kind,
+        rendition,
+        normalizer: Normalizer::new(clock_rate(kind)),
+        keyframes: KeyframeDetector::default(),
+    };
     loop {
-        if socket.readable().await.is_err() {
+        let Ok(mut read) = socket.recv_batch(&mut batch).await else {
             continue;
-        }
+        };
         // Everything already queued is read now and handed on together.
-        let mut burst = Vec::new();
-        for _ in 0..MAX_BURST / BATCH {
-            let read = match batch.recv(&socket) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => continue,
-            };
-            for datagram in batch.datagrams() {
-                let Ok(mut packet) = rtp::Packet::unmarshal(&mut BytesMut::from(datagram)) else {
-                    continue;
-                };
-                normalizer.apply(&mut packet.header, Instant::now());
-                // Subscribers negotiate no extensions with FFmpeg's ids; rtc drops packets
-                // carrying them.
-                packet.header.extension = false;
-                packet.header.extensions.clear();
-                packet.header.extensions_padding = 0;
-                let keyframe_start = kind == TrackKind::Video
-                    && keyframes.is_keyframe_start(packet.header.timestamp, &packet.payload);
-                burst.push(Arc::new(MediaPacket {
-                    kind,
-                    keyframe_start,
-                    rendition,
-                    packet,
-                }));
+        let mut burst = Vec::with_capacity(read);
+        reader.take(&batch, &mut burst);
+        // A full batch may have left more queued.
+        while read == batch.room() && burst.len() < MAX_BURST {
+            match socket.try_recv_batch(&mut batch) {
+                Ok(n) => read = n,
+                Err(_) => break,
             }
-            // A short read emptied the queue.
-            if read < BATCH {
-                break;
-            }
+            reader.take(&batch, &mut burst);
         }
         if shared.closed.load(Ordering::Acquire) {
             return;
@@ -169,6 +154,41 @@ async fn receive(
             .fetch_add(burst.len() as u64, Ordering::Relaxed);
         on_media();
         sink(burst);
+    }
+}
+
+/// Turns the datagrams FFmpeg sent into the packets a track's subscribers are sent.
+struct Reader {
+    kind: TrackKind,
+    rendition: u8,
+    normalizer: Normalizer,
+    keyframes: KeyframeDetector,
+}
+
+impl Reader {
+    /// Appends the RTP packets of the batch's last read to `burst`, skipping what is not RTP.
+    fn take(&mut self, batch: &Batch, burst: &mut Vec<Arc<MediaPacket>>) {
+        for datagram in batch.datagrams() {
+            let Ok(mut packet) = rtp::Packet::unmarshal(&mut BytesMut::from(datagram)) else {
+                continue;
+            };
+            self.normalizer.apply(&mut packet.header, Instant::now());
+            // Subscribers negotiate no extensions with FFmpeg's ids; rtc drops packets
+            // carrying them.
+            packet.header.extension = false;
+            packet.header.extensions.clear();
+            packet.header.extensions_padding = 0;
+            let keyframe_start = self.kind == TrackKind::Video
+                && self
+                    .keyframes
+                    .is_keyframe_start(packet.header.timestamp, &packet.payload);
+            burst.push(Arc::new(MediaPacket {
+                kind: self.kind,
+                keyframe_start,
+                rendition: self.rendition,
+                packet,
+            }));
+        }
     }
 }
 
