@@ -534,7 +534,7 @@ async fn a_viewer_that_vanishes_is_reaped() {
 }
 
 /// A viewer that discards every 10th video packet on arrival, as a lossy link would, gets each
-/// one back: its NACKs are answered from the server's send history. The server's sender
+/// one back: its NACKs are answered from the packets its shard keeps. The server's sender
 /// reports arrive too (browsers need them for A/V sync and their stats).
 #[tokio::test]
 async fn nacked_video_is_retransmitted_and_sender_reports_arrive() {

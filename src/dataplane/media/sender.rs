@@ -1,9 +1,9 @@
 //! Our own sending leg to a viewer whose SRTP keys we hold ([`super::keytap`]): a packet is
 //! marshalled into its datagram and encrypted there ([`super::srtp`]), instead of passing through `rtc`'s
 //! pipeline (nine queues, the interceptors, two more copies), which took over half our CPU
-//! at 300 viewers. It keeps what that pipeline gave the viewer: a send history to answer NACKs
-//! from (video) and the RTCP sender reports (RFC 3550 §6.4.1), which `rtc` still encrypts
-//! and sends.
+//! at 300 viewers. It keeps what that pipeline gave the viewer: NACK answers (video; see
+//! [`Nack`]) and the RTCP sender reports (RFC 3550 §6.4.1), which `rtc` still encrypts and
+//! sends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,8 +18,8 @@ use super::keytap::SrtpKeys;
 use super::srtp::{SrtpProtect, Unsupported};
 
 /// Video packets kept for retransmission: about 2.5 s at 2 Mbit/s, beyond any NACK worth
-/// answering for live playback.
-const HISTORY: usize = 512;
+/// answering for live playback. A shard keeps a stream's as long.
+pub const HISTORY: usize = 512;
 /// How often each stream's sender report goes out (browsers expect about one a second).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
@@ -29,9 +29,21 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 #[derive(Clone, Copy, Debug)]
 pub struct Track {
     pub ssrc: u32,
+    pub payload_type: u8,
     pub clock_rate: u32,
-    /// Keep a history to answer NACKs from (the viewer negotiated `nack` for it).
-    pub nack: bool,
+    pub nack: Nack,
+}
+
+/// Where the packets a viewer NACKs on a track are sent again from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nack {
+    /// Nowhere (audio).
+    Off,
+    /// The viewer is numbered as the Source is (no ladder): from the packets its shard keeps
+    /// for the stream, stamped again with the viewer's SSRC and payload type.
+    Shared,
+    /// The viewer has its own numbering (a ladder): from a history of what it was sent.
+    Own,
 }
 
 /// What one viewer's copy of a shared packet changes in its header: its SSRC and payload
@@ -70,7 +82,7 @@ struct Stream {
     last: Option<(u32, Instant)>,
     /// The highest SRTP index sent (rollover count and sequence number).
     highest: Option<u64>,
-    /// The shared packets sent, by our sequence number, as stamped.
+    /// With [`Nack::Own`], the shared packets sent, by our sequence number, as stamped.
     history: Vec<Option<(Arc<MediaPacket>, Stamp)>>,
 }
 
@@ -108,7 +120,7 @@ impl SrtpSender {
                 octets: 0,
                 last: None,
                 highest: None,
-                history: if track.nack {
+                history: if track.nack == Nack::Own {
                     vec![None; HISTORY]
                 } else {
                     Vec::new()
@@ -123,7 +135,7 @@ impl SrtpSender {
     }
 
     /// The SRTP datagram of the shared `media` as stamped for this viewer, built in `buf`;
-    /// noted for reports and, for video, kept for NACKs.
+    /// noted for reports and, with [`Nack::Own`], kept for NACKs.
     pub fn protect(
         &mut self,
         media: &Arc<MediaPacket>,
@@ -146,17 +158,37 @@ impl SrtpSender {
         Some(datagram)
     }
 
-    /// The packet `seq` of `ssrc` again, built in `buf`, if it is still in the history.
-    pub fn resend(&mut self, ssrc: u32, seq: u16, buf: BytesMut) -> Option<BytesMut> {
+    /// The packet `seq` of `ssrc` again, built in `buf`, if it is still kept: in the history,
+    /// or with [`Nack::Shared`] by `shared`, which finds a stream's packet by its number.
+    pub fn resend<'a>(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        buf: BytesMut,
+        shared: impl FnOnce(u16) -> Option<&'a Arc<MediaPacket>>,
+    ) -> Option<BytesMut> {
         let index = self.stream_index(ssrc)?;
-        let (media, stamp) = self.streams[index]
-            .history
-            .get(seq as usize % HISTORY)?
-            .as_ref()?;
-        if stamp.sequence_number != seq {
-            return None;
-        }
-        let (media, stamp) = (media.clone(), *stamp);
+        let stream = &self.streams[index];
+        let (media, stamp) = match stream.track.nack {
+            Nack::Off => return None,
+            Nack::Own => {
+                let (media, stamp) = stream.history.get(seq as usize % HISTORY)?.as_ref()?;
+                if stamp.sequence_number != seq {
+                    return None;
+                }
+                (media.clone(), *stamp)
+            }
+            Nack::Shared => {
+                let media = shared(seq)?;
+                let stamp = Stamp {
+                    ssrc,
+                    payload_type: stream.track.payload_type,
+                    sequence_number: seq,
+                    timestamp: media.packet.header.timestamp,
+                };
+                (media.clone(), stamp)
+            }
+        };
         self.encrypt(index, &media.packet, stamp, buf)
     }
 
@@ -292,16 +324,23 @@ mod tests {
         sender.protect(&media, stamp, now, BytesMut::new())
     }
 
+    /// A ladder's viewer: numbered its own way, so it keeps a history.
     const VIDEO: Track = Track {
         ssrc: 1111,
+        payload_type: 102,
         clock_rate: 90_000,
-        nack: true,
+        nack: Nack::Own,
     };
     const AUDIO: Track = Track {
         ssrc: 2222,
+        payload_type: 111,
         clock_rate: 48_000,
-        nack: false,
+        nack: Nack::Off,
     };
+
+    fn nothing_shared(_: u16) -> Option<&'static Arc<MediaPacket>> {
+        None
+    }
 
     #[test]
     fn what_we_encrypt_the_viewer_decrypts_across_a_sequence_wrap() {
@@ -374,13 +413,89 @@ mod tests {
             }
         }
         protect(&mut sender, &packet(AUDIO.ssrc, 5, 0, b"a"), now).unwrap();
-        let again = sender.resend(VIDEO.ssrc, 5, BytesMut::new()).unwrap();
+        let again = sender
+            .resend(VIDEO.ssrc, 5, BytesMut::new(), nothing_shared)
+            .unwrap();
         let clear = viewer.decrypt_rtp(&again).unwrap();
         let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
         assert_eq!(got.header.sequence_number, 5);
         // Seq 0 was overwritten by seq HISTORY; audio keeps no history.
-        assert!(sender.resend(VIDEO.ssrc, 0, BytesMut::new()).is_none());
-        assert!(sender.resend(AUDIO.ssrc, 5, BytesMut::new()).is_none());
+        assert!(
+            sender
+                .resend(VIDEO.ssrc, 0, BytesMut::new(), nothing_shared)
+                .is_none()
+        );
+        assert!(
+            sender
+                .resend(AUDIO.ssrc, 5, BytesMut::new(), nothing_shared)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_viewer_numbered_as_the_source_is_answered_from_the_shards_packets() {
+        let keys = keys(ProtectionProfile::AeadAes128Gcm);
+        let track = Track {
+            nack: Nack::Shared,
+            ..VIDEO
+        };
+        let mut sender = SrtpSender::new(&keys, &[track, AUDIO]).unwrap();
+        assert!(
+            sender.streams[0].history.is_empty(),
+            "no history of its own"
+        );
+        let mut viewer = viewer(&keys);
+        let now = Instant::now();
+        // The Source's packets, as the shard keeps them: FFmpeg's SSRC and payload type.
+        let kept: Vec<Arc<MediaPacket>> = (0..8u16)
+            .map(|seq| {
+                let mut p = packet(42, 65533u16.wrapping_add(seq), 7000 + u32::from(seq), b"v");
+                p.header.payload_type = 96;
+                Arc::new(MediaPacket {
+                    kind: crate::dataplane::media::TrackKind::Video,
+                    keyframe_start: false,
+                    rendition: 0,
+                    packet: p,
+                })
+            })
+            .collect();
+        for media in &kept {
+            let h = &media.packet.header;
+            let stamp = Stamp {
+                ssrc: track.ssrc,
+                payload_type: track.payload_type,
+                sequence_number: h.sequence_number,
+                timestamp: h.timestamp,
+            };
+            let datagram = sender.protect(media, stamp, now, BytesMut::new()).unwrap();
+            if h.sequence_number != 65535 {
+                viewer.decrypt_rtp(&datagram).unwrap();
+            }
+        }
+        let find = |seq: u16| kept.iter().find(|m| m.packet.header.sequence_number == seq);
+        // Sent before the wrap, so with rollover count 0.
+        let again = sender
+            .resend(track.ssrc, 65535, BytesMut::new(), find)
+            .unwrap();
+        let clear = viewer.decrypt_rtp(&again).unwrap();
+        let got = rtp::Packet::unmarshal(&mut clear.freeze()).unwrap();
+        let h = &got.header;
+        assert_eq!(
+            (h.ssrc, h.payload_type, h.sequence_number, h.timestamp),
+            (track.ssrc, track.payload_type, 65535, 7002)
+        );
+        assert_eq!(&got.payload[..], b"v");
+        // No longer kept by the shard: nothing to send.
+        assert!(
+            sender
+                .resend(track.ssrc, 100, BytesMut::new(), find)
+                .is_none()
+        );
+        assert!(
+            sender
+                .resend(AUDIO.ssrc, 0, BytesMut::new(), find)
+                .is_none()
+        );
     }
 
     #[test]
@@ -398,7 +513,9 @@ mod tests {
                 }
             }
             // Sent with rollover count 0; encrypting it with 1 would fail authentication.
-            let again = sender.resend(VIDEO.ssrc, 65534, BytesMut::new()).unwrap();
+            let again = sender
+                .resend(VIDEO.ssrc, 65534, BytesMut::new(), nothing_shared)
+                .unwrap();
             let clear = viewer
                 .decrypt_rtp(&again)
                 .unwrap_or_else(|e| panic!("{profile:?}: {e}"));

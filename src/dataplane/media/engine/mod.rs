@@ -8,6 +8,7 @@ mod demux;
 mod fanout;
 mod keyframes;
 mod peers;
+mod recent;
 mod shard;
 mod tcp;
 
@@ -163,6 +164,7 @@ impl Engine {
                 peers: Peers::default(),
                 by_stream: HashMap::new(),
                 stream_metrics: HashMap::new(),
+                recent: HashMap::new(),
                 outbox: Outbox::default(),
                 timers: Default::default(),
                 connecting: 0,

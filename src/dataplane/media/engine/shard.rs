@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::demux::{Route, local_candidate_for};
 use super::peers::Peers;
+use super::recent::Recent;
 use super::tcp::TcpLink;
 use super::{SessionId, Shared};
 use crate::dataplane::media::codecs::clock_rate;
@@ -28,7 +29,7 @@ use crate::dataplane::media::keytap::KeyTap;
 use crate::dataplane::media::outbox::Outbox;
 use crate::dataplane::media::peer::TrackOut;
 use crate::dataplane::media::rendition::{Feedback, Follower};
-use crate::dataplane::media::sender::{SrtpSender, Stamp, Track};
+use crate::dataplane::media::sender::{Nack, SrtpSender, Stamp, Track};
 use crate::dataplane::media::stun;
 use crate::dataplane::media::{MediaPacket, StreamKey, TrackKind};
 use crate::dataplane::metrics::{ProcessMetrics, Transport};
@@ -195,6 +196,8 @@ pub(super) struct Shard {
     pub(super) by_stream: HashMap<StreamKey, Vec<usize>>,
     /// Each stream's series, so a fan-out adds its counts once rather than once per viewer.
     pub(super) stream_metrics: HashMap<StreamKey, ProcessMetrics>,
+    /// Each stream's latest video packets, which its viewers' NACKs are answered from.
+    pub(super) recent: HashMap<StreamKey, Recent>,
     /// Datagrams produced while handling messages, sent in one batch afterwards.
     pub(super) outbox: Outbox,
     /// Every peer's next timeout, earliest first; an entry whose peer's `timer` no longer
@@ -361,6 +364,7 @@ impl Shard {
             }
             ShardMsg::DropStream { stream, reply } => {
                 self.stream_metrics.remove(&stream);
+                self.recent.remove(&stream);
                 let slots = self.by_stream.remove(&stream).unwrap_or_default();
                 let ids: Vec<SessionId> = slots
                     .iter()
@@ -448,9 +452,12 @@ impl Shard {
         }
         let nacked = sub.reports.take_nacked();
         if let Some(sender) = sub.sender.as_mut() {
+            let recent = self.recent.get(&sub.stream);
             let again: Vec<BytesMut> = nacked
                 .into_iter()
-                .filter_map(|(ssrc, seq)| sender.resend(ssrc, seq, self.outbox.buffer()))
+                .filter_map(|(ssrc, seq)| {
+                    sender.resend(ssrc, seq, self.outbox.buffer(), |seq| recent?.get(seq))
+                })
                 .collect();
             self.shared
                 .metrics
@@ -481,9 +488,13 @@ impl Shard {
     }
 
     fn on_media(&mut self, stream: StreamKey, packets: &[Arc<MediaPacket>]) {
-        let Some(slots) = self.by_stream.get(&stream) else {
+        let Some(slots) = self.by_stream.get(&stream).filter(|s| !s.is_empty()) else {
             return;
         };
+        let recent = self.recent.entry(stream).or_default();
+        for packet in packets {
+            recent.keep(packet);
+        }
         let now = Instant::now();
         let (mut forwarded, mut bytes) = (0, 0);
         for slot in slots {
@@ -678,7 +689,10 @@ impl Shard {
                 let cache = self.shared.keyframes.replay(sub.stream, rendition);
                 if let Some(last) = cache.last() {
                     let (mut sent, mut bytes) = (0, 0);
+                    // Replayed packets may predate the shard's first viewer of the stream.
+                    let recent = self.recent.entry(sub.stream).or_default();
                     for packet in &cache {
+                        recent.keep(packet);
                         if let Some(own) =
                             sub.write_media(packet, now, &self.shared, &mut self.outbox)
                         {
@@ -712,6 +726,9 @@ impl Shard {
         self.connecting -= usize::from(!sub.connected);
         if let Some(slots) = self.by_stream.get_mut(&sub.stream) {
             slots.retain(|s| *s != slot);
+            if slots.is_empty() {
+                self.recent.remove(&sub.stream);
+            }
         }
         // close() queues DTLS close_notify so the client learns at once rather than by timeout.
         let _ = sub.pc.close();
@@ -771,8 +788,13 @@ impl Subscriber {
         .filter_map(|(kind, out)| {
             out.map(|out| Track {
                 ssrc: out.ssrc,
+                payload_type: out.payload_type,
                 clock_rate: clock_rate(kind),
-                nack: kind == TrackKind::Video,
+                nack: match kind {
+                    TrackKind::Audio => Nack::Off,
+                    TrackKind::Video if self.follower.is_some() => Nack::Own,
+                    TrackKind::Video => Nack::Shared,
+                },
             })
         })
         .collect();
