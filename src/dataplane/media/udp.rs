@@ -147,7 +147,7 @@ impl Batch {
 
     /// Reads what is queued now, up to the batch's room, without waiting; `WouldBlock` when
     /// nothing is.
-    pub fn read(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+    fn read(&mut self, socket: &std::net::UdpSocket) -> std::io::Result<usize> {
         self.lens.clear();
         self.read_into(socket)?;
         Ok(self.lens.len())

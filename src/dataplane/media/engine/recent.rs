@@ -15,8 +15,9 @@ pub(super) struct Recent {
 }
 
 impl Recent {
-    /// Keeps `packet` if it is video of the only rendition a stream without a ladder has (with
-    /// a ladder, each viewer keeps what it sent, as its numbering is its own).
+    /// Keeps `packet` if it is video of rendition 0, the only one a stream without a ladder
+    /// has. A ladder's top rendition is rendition 0 too and is kept all the same, unread: its
+    /// viewers number their own way and answer from their own histories.
     pub(super) fn keep(&mut self, packet: &Arc<MediaPacket>) {
         if packet.kind != TrackKind::Video || packet.rendition != 0 {
             return;
