@@ -12,7 +12,7 @@ mod feedback;
 pub mod framing;
 pub mod h264;
 mod keytap;
-mod outbox;
+pub mod outbox;
 mod peer;
 pub mod rendition;
 mod sender;
