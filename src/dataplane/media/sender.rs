@@ -57,6 +57,16 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// A viewer's SSRC and payload type on a packet numbered as the Source numbered it.
+    pub fn source_numbered(ssrc: u32, payload_type: u8, header: &rtp::header::Header) -> Self {
+        Stamp {
+            ssrc,
+            payload_type,
+            sequence_number: header.sequence_number,
+            timestamp: header.timestamp,
+        }
+    }
+
     pub fn apply(&self, header: &mut rtp::header::Header) {
         header.ssrc = self.ssrc;
         header.payload_type = self.payload_type;
@@ -180,12 +190,8 @@ impl SrtpSender {
             }
             Nack::Shared => {
                 let media = shared(seq)?;
-                let stamp = Stamp {
-                    ssrc,
-                    payload_type: stream.track.payload_type,
-                    sequence_number: seq,
-                    timestamp: media.packet.header.timestamp,
-                };
+                let stamp =
+                    Stamp::source_numbered(ssrc, stream.track.payload_type, &media.packet.header);
                 (media.clone(), stamp)
             }
         };
@@ -461,12 +467,7 @@ mod tests {
             .collect();
         for media in &kept {
             let h = &media.packet.header;
-            let stamp = Stamp {
-                ssrc: track.ssrc,
-                payload_type: track.payload_type,
-                sequence_number: h.sequence_number,
-                timestamp: h.timestamp,
-            };
+            let stamp = Stamp::source_numbered(track.ssrc, track.payload_type, h);
             let datagram = sender.protect(media, stamp, now, BytesMut::new()).unwrap();
             if h.sequence_number != 65535 {
                 viewer.decrypt_rtp(&datagram).unwrap();

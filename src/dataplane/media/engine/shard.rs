@@ -827,12 +827,7 @@ impl Subscriber {
         };
         let out = out?;
         let header = &media.packet.header;
-        let mut stamp = Stamp {
-            ssrc: out.ssrc,
-            payload_type: out.payload_type,
-            sequence_number: header.sequence_number,
-            timestamp: header.timestamp,
-        };
+        let mut stamp = Stamp::source_numbered(out.ssrc, out.payload_type, header);
         if media.kind == TrackKind::Video
             && let Some(follower) = &mut self.follower
         {
