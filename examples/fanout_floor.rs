@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use webrtc_egress::dataplane::media::outbox::Outbox;
 use webrtc_egress::dataplane::media::udp::{Batch, MediaSocket};
@@ -22,36 +23,21 @@ const BATCH: usize = 16;
 /// SRTP's AES-GCM tag: the datagrams are as long as ours.
 const TAG: usize = 16;
 
+/// The relay's options.
+#[derive(Parser)]
 struct Args {
+    /// Viewer sockets to relay to.
+    #[arg(long, default_value_t = 10)]
     viewers: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
     secs: u64,
+    /// Seconds relayed, from the first datagram, before the measure starts.
+    #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// Seal each datagram with AES-128-GCM under the viewer's own key.
+    #[arg(long)]
     seal: bool,
-}
-
-fn args() -> Result<Args, String> {
-    let mut args = Args {
-        viewers: 10,
-        secs: 20,
-        warmup: 3,
-        seal: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut number = |name: &str| -> Result<u64, String> {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or(format!("{name} needs a number"))
-        };
-        match flag.as_str() {
-            "--viewers" => args.viewers = number("--viewers")? as usize,
-            "--secs" => args.secs = number("--secs")?,
-            "--warmup" => args.warmup = number("--warmup")?,
-            "--seal" => args.seal = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
 }
 
 /// This thread's CPU time, user and kernel, in seconds: the relay's, not the viewers'. Softirq
@@ -215,13 +201,7 @@ async fn relay(args: Args) -> std::io::Result<()> {
 }
 
 fn main() {
-    let args = match args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("fanout_floor: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
